@@ -1,0 +1,47 @@
+"""The runtime's error types: each names what was wrong, so callers can show it as is."""
+
+from __future__ import annotations
+
+
+class SpaError(Exception):
+    """Base of every error the runtime raises on purpose."""
+
+    code = "spa_error"
+
+
+class ModelLoadError(SpaError):
+    """A model directory, card or ONNX file is missing, malformed or inconsistent."""
+
+    code = "model_load_error"
+
+
+class ImageError(SpaError):
+    """Bytes that cannot be turned into an RGB image."""
+
+    code = "invalid_image"
+
+
+class EmptyImageError(ImageError):
+    code = "empty_image"
+
+
+class NotAnImageError(ImageError):
+    code = "not_an_image"
+
+
+class UnsupportedFormatError(ImageError):
+    code = "unsupported_format"
+
+
+class TruncatedImageError(ImageError):
+    code = "truncated_image"
+
+
+class ImageTooLargeError(ImageError):
+    code = "image_too_large"
+
+
+class InvalidRequestError(SpaError):
+    """A parameter that is well-formed but does not fit the model (e.g. a class id out of range)."""
+
+    code = "invalid_parameter"
