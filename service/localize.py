@@ -1,0 +1,233 @@
+"""The pipeline: decoded images -> classes, heatmaps at the original size, boxes.
+
+One backbone call per batch; SCG for the whole batch and all its classes at once; then, per
+image (each has its own size), the heatmaps are resized and boxed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from .arrays import array_namespace, to_numpy
+from .boxes import BoxMode, boxes_from_heatmaps
+from .card import Method, ModelCard, load_card
+from .engine import Engine
+from .errors import InvalidRequestError
+from .imaging import DecodedImage, preprocess
+from .resize import resize_maps, roundtrip_matrix
+from .scg import normalize_cam, scg_maps, structure_affinity
+from .settings import Settings
+
+Box = tuple[int, int, int, int]
+ScgMode = Literal["reference", "paper"]
+
+
+@dataclass(frozen=True)
+class LocalizeOptions:
+    """What one caller wants for one image."""
+
+    topk: int = 1
+    method: Method = "scg"
+    threshold: float | None = None  # None: the card's box threshold for the method
+    box_mode: BoxMode = "union"
+    class_ids: tuple[int, ...] = ()  # localize these classes instead of the top-k
+
+
+@dataclass
+class Prediction:
+    class_id: int
+    label: str
+    score: float
+    heatmap: np.ndarray  # (H, W) float32 in [0, 1] at the original image size
+    boxes: list[Box]  # inclusive original-image pixels
+
+
+@dataclass
+class Localization:
+    width: int
+    height: int
+    predictions: list[Prediction]
+    timings_ms: dict[str, float]  # wall time of each stage this image went through
+    batch_size: int  # images that shared the backbone call
+
+
+def class_scores(class_map: np.ndarray) -> np.ndarray:
+    """(N, C, h, w) class map -> (N, C) softmax of its spatial average (the reference's GAP)."""
+    logits = class_map.mean(axis=(2, 3), dtype=np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def chosen_classes(scores: np.ndarray, options: Sequence[LocalizeOptions]) -> np.ndarray:
+    """(N, K) class ids per image, K the most any image asks for; shorter rows are padded with
+    their own next-best classes, whose maps are computed and dropped (cheaper than ragged SCG)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    wanted = [list(o.class_ids) if o.class_ids else [] for o in options]
+    k = max(len(w) if w else o.topk for w, o in zip(wanted, options))
+    chosen = np.empty((len(options), k), dtype=np.int64)
+    for i, (ids, opts) in enumerate(zip(wanted, options)):
+        head = ids or order[i, : opts.topk].tolist()
+        rest = [c for c in order[i].tolist() if c not in head]
+        chosen[i] = (head + rest)[:k]
+    return chosen
+
+
+def localization_maps(
+    outputs_class_map: Any,
+    features: Sequence[Any],
+    chosen: np.ndarray,
+    sizes: Sequence[tuple[int, int]],
+    methods: Sequence[Method],
+    card: ModelCard,
+    scg_mode: ScgMode,
+) -> Any:
+    """(N, K, h, w) maps in [0, 1] at the class map's resolution, CAM or SCG per image.
+
+    `sizes` are the original (height, width): the reference resizes each CAM to it and back
+    (step 9) before SCG, done here as two small matrices per image.
+    """
+    xp = array_namespace(outputs_class_map)
+    index = xp.asarray(chosen)[:, :, None, None]
+    cams = normalize_cam(xp.take_along_axis(outputs_class_map, index, axis=1))
+    scg_rows = [i for i, m in enumerate(methods) if m == "scg"]
+    if not scg_rows:
+        return cams
+    rows = xp.asarray(scg_rows)
+    h, w = cams.shape[-2:]
+    ry = xp.stack([roundtrip_matrix(h, sizes[i][0], xp=xp) for i in scg_rows])[:, None]
+    rx = xp.stack([roundtrip_matrix(w, sizes[i][1], xp=xp) for i in scg_rows])[:, None]
+    round_tripped = ry @ cams[rows] @ xp.swapaxes(rx, -1, -2)
+    affinity = structure_affinity([f[rows] for f in features], card.scg, mode=scg_mode)
+    maps = cams.copy()
+    maps[rows] = scg_maps(affinity, round_tripped, card.scg, mode=scg_mode)
+    return maps
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1e3
+
+
+@dataclass
+class Localizer:
+    """Engine + post-process for one model; `localize` is the whole pipeline for a batch."""
+
+    card: ModelCard
+    engine: Engine
+    max_batch_size: int = 8
+    scg_mode: ScgMode = "reference"
+    _warm: bool = field(default=False, init=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Localizer:
+        card, onnx_path = load_card(settings.model_dir)
+        engine = Engine(
+            onnx_path, card, providers=settings.providers, intra_op_threads=settings.intra_op_threads
+        )
+        return cls(card=card, engine=engine, max_batch_size=settings.max_batch_size, scg_mode=settings.scg_mode)
+
+    def validate(self, options: LocalizeOptions) -> None:
+        """Raise InvalidRequestError when options do not fit this model."""
+        n = self.card.num_classes
+        if not 1 <= options.topk <= n:
+            raise InvalidRequestError(f"topk must be between 1 and {n} (the model's classes), got {options.topk}")
+        bad = [c for c in options.class_ids if not 0 <= c < n]
+        if bad:
+            raise InvalidRequestError(f"class_id {bad} out of range: this model has classes 0..{n - 1}")
+        if len(set(options.class_ids)) != len(options.class_ids):
+            raise InvalidRequestError("class_id values must not repeat")
+        if options.threshold is not None and not 0.0 <= options.threshold <= 1.0:
+            raise InvalidRequestError(f"threshold must be in [0, 1], got {options.threshold}")
+
+    def localize(
+        self, images: Sequence[DecodedImage], options: Sequence[LocalizeOptions]
+    ) -> list[Localization]:
+        """Classes, heatmaps and boxes for each image, with that image's options."""
+        if len(images) != len(options):
+            raise ValueError("one LocalizeOptions per image")
+        for opts in options:
+            self.validate(opts)
+        card, clock = self.card, _Stopwatch()
+        with clock.stage("preprocess"):
+            batch = preprocess(images, input_size=card.input_size, mean=card.mean, std=card.std)
+        with clock.stage("backbone"):
+            outputs = self.engine.run(batch)
+        with clock.stage("scg"):
+            scores = class_scores(to_numpy(outputs.class_map))
+            chosen = chosen_classes(scores, options)
+            maps = localization_maps(
+                outputs.class_map,
+                (outputs.feat_a, outputs.feat_b),
+                chosen,
+                [(im.height, im.width) for im in images],
+                [o.method for o in options],
+                card,
+                self.scg_mode,
+            )
+        shared = dict(clock.ms)
+        return [
+            self._finish(image, opts, maps[i], chosen[i], scores[i], shared, len(images))
+            for i, (image, opts) in enumerate(zip(images, options))
+        ]
+
+    def _finish(
+        self,
+        image: DecodedImage,
+        opts: LocalizeOptions,
+        maps: Any,
+        chosen: np.ndarray,
+        scores: np.ndarray,
+        shared_ms: dict[str, float],
+        batch_size: int,
+    ) -> Localization:
+        clock = _Stopwatch()
+        k = len(opts.class_ids) or opts.topk
+        threshold = self.card.box_threshold[opts.method] if opts.threshold is None else opts.threshold
+        with clock.stage("resize"):
+            heatmaps = resize_maps(maps[:k], (image.height, image.width))
+        with clock.stage("boxes"):
+            boxes = boxes_from_heatmaps(heatmaps, threshold, opts.box_mode)
+            heatmaps = to_numpy(heatmaps)
+        predictions = [
+            Prediction(
+                class_id=int(c),
+                label=self.card.labels[int(c)],
+                score=float(scores[c]),
+                heatmap=heatmaps[j],
+                boxes=boxes[j],
+            )
+            for j, c in enumerate(chosen[:k])
+        ]
+        return Localization(
+            width=image.width,
+            height=image.height,
+            predictions=predictions,
+            timings_ms={**shared_ms, **clock.ms},
+            batch_size=batch_size,
+        )
+
+    def warmup(self) -> None:
+        """One full pass on a synthetic image, so the first request pays no start-up costs."""
+        h, w = self.card.input_size
+        gradient = np.linspace(0, 255, h * w * 3, dtype=np.float32).reshape(h, w, 3).astype(np.uint8)
+        image = DecodedImage(image=Image.fromarray(gradient, mode="RGB"), format="synthetic")
+        self.localize([image], [LocalizeOptions(topk=1, method="scg")])
+        self._warm = True
+
+    @property
+    def warm(self) -> bool:
+        return self._warm
