@@ -1,0 +1,149 @@
+"""The whole runtime pipeline against PyTorch and the loop reference, on real photographs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from scg_loops import scg_loops
+from spa_service.boxes import boxes_from_heatmaps
+from spa_service.errors import InvalidRequestError
+from spa_service.imaging import DecodedImage, decode_image, preprocess
+from spa_service.localize import Localizer, LocalizeOptions, chosen_classes, class_scores
+from spa_service.settings import Settings
+
+DATA = Path(__file__).resolve().parent / "data"
+PHOTOS = ("chelsea.jpg", "coffee.jpg")
+
+
+def photo(name: str) -> DecodedImage:
+    return decode_image((DATA / name).read_bytes(), max_pixels=40_000_000)
+
+
+@pytest.fixture(scope="module")
+def vgg16(vgg16_model_dir: Path) -> Localizer:
+    return Localizer.from_settings(Settings(model_dir=vgg16_model_dir, providers="cpu", max_batch_size=4))
+
+
+@pytest.fixture(scope="module")
+def torch_vgg16():
+    """The same freshly initialised VGG16-SPA the fixture exported (same seed), in PyTorch."""
+    torch = pytest.importorskip("torch")
+    from spa_export.nets import build_model
+
+    torch.manual_seed(0)
+    return build_model("vgg16", 200).eval()
+
+
+def torch_outputs(model, batch: np.ndarray) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        return [t.numpy() for t in model(torch.from_numpy(batch))]
+
+
+@pytest.mark.parametrize("mode", ["reference", "paper"])
+def test_vgg16_matches_pytorch_and_loop_reference(vgg16: Localizer, torch_vgg16, mode: str) -> None:
+    images = [photo(name) for name in PHOTOS]
+    card = vgg16.card
+    vgg16.scg_mode = mode
+    try:
+        results = vgg16.localize(images, [LocalizeOptions(topk=5, method="scg")] * len(images))
+    finally:
+        vgg16.scg_mode = "reference"
+    batch = preprocess(images, input_size=card.input_size, mean=card.mean, std=card.std)
+    class_map, feat_a, feat_b = torch_outputs(torch_vgg16, batch)
+    scores = class_scores(class_map)
+    top5 = np.argsort(-scores, axis=1)[:, :5]
+    expected = scg_loops(
+        [feat_a, feat_b], class_map, top5, [(im.height, im.width) for im in images], card.scg, mode=mode
+    )
+    threshold = card.box_threshold["scg"]
+    for result, image, classes, want, score_row in zip(results, images, top5, expected, scores):
+        assert (result.width, result.height) == (image.width, image.height)
+        assert [p.class_id for p in result.predictions] == classes.tolist()
+        np.testing.assert_allclose([p.score for p in result.predictions], score_row[classes], rtol=1e-4)
+        got = np.stack([p.heatmap for p in result.predictions])
+        assert got.shape == want.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=2e-3)
+        # Boxes are compared on the reference's own maps: identical unless a pixel sits within the
+        # ONNX-vs-PyTorch noise of the threshold, which the heatmap check above bounds.
+        assert [p.boxes for p in result.predictions] == boxes_from_heatmaps(want, threshold, "union")
+        assert all(p.label == card.labels[p.class_id] for p in result.predictions)
+
+
+def test_cam_method_is_the_normalised_class_map_resized(vgg16: Localizer, torch_vgg16) -> None:
+    image = photo("coffee.jpg")
+    (result,) = vgg16.localize([image], [LocalizeOptions(topk=2, method="cam", threshold=0.3)])
+    card = vgg16.card
+    class_map = torch_outputs(torch_vgg16, preprocess([image], input_size=card.input_size, mean=card.mean, std=card.std))[0]
+    for prediction in result.predictions:
+        cam = np.maximum(class_map[0, prediction.class_id], 0)
+        cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-10)
+        want = cv2.resize(cam, (image.width, image.height), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(prediction.heatmap, want, atol=2e-3)
+        assert prediction.boxes == boxes_from_heatmaps(want[None], 0.3, "union")[0]
+
+
+def test_a_batch_equals_single_images(vgg16: Localizer) -> None:
+    images = [photo("chelsea.jpg"), photo("coffee.jpg"), photo("chelsea.jpg")]
+    options = [
+        LocalizeOptions(topk=3),
+        LocalizeOptions(method="cam", box_mode="all"),
+        LocalizeOptions(class_ids=(7, 3), box_mode="largest", threshold=0.5),
+    ]
+    together = vgg16.localize(images, options)
+    assert {r.batch_size for r in together} == {3}
+    for image, opts, batched in zip(images, options, together):
+        (single,) = vgg16.localize([image], [opts])
+        assert [p.class_id for p in single.predictions] == [p.class_id for p in batched.predictions]
+        for a, b in zip(single.predictions, batched.predictions):
+            np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-4)
+            assert a.boxes == b.boxes
+    assert [p.class_id for p in together[2].predictions] == [7, 3]
+    assert all(len(p.boxes) == 1 for p in together[2].predictions)
+
+
+def test_timings_cover_every_stage(vgg16: Localizer) -> None:
+    (result,) = vgg16.localize([photo("chelsea.jpg")], [LocalizeOptions()])
+    assert set(result.timings_ms) == {"preprocess", "backbone", "scg", "resize", "boxes"}
+    assert all(v >= 0 for v in result.timings_ms.values())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (LocalizeOptions(topk=0), "topk must be between 1 and 200"),
+        (LocalizeOptions(topk=201), "topk must be between 1 and 200"),
+        (LocalizeOptions(class_ids=(200,)), r"class_id \[200\] out of range"),
+        (LocalizeOptions(class_ids=(-1,)), "out of range"),
+        (LocalizeOptions(class_ids=(3, 3)), "must not repeat"),
+        (LocalizeOptions(threshold=1.5), r"threshold must be in \[0, 1\]"),
+    ],
+)
+def test_bad_options_are_refused(vgg16: Localizer, options: LocalizeOptions, message: str) -> None:
+    with pytest.raises(InvalidRequestError, match=message):
+        vgg16.localize([photo("chelsea.jpg")], [options])
+
+
+def test_chosen_classes_pads_to_the_longest_request() -> None:
+    scores = np.array([[0.1, 0.5, 0.3, 0.1], [0.4, 0.1, 0.2, 0.3]], dtype=np.float32)
+    chosen = chosen_classes(scores, [LocalizeOptions(topk=1), LocalizeOptions(class_ids=(2, 1, 0))])
+    assert chosen.tolist() == [[1, 2, 0], [2, 1, 0]]
+
+
+def test_class_scores_are_softmax_of_the_spatial_mean() -> None:
+    class_map = np.random.default_rng(0).standard_normal((2, 5, 3, 4)).astype(np.float32)
+    logits = class_map.mean(axis=(2, 3))
+    want = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(class_scores(class_map), want, rtol=1e-5)
+
+
+def test_warmup_marks_ready(tiny_model_dir: Path) -> None:
+    localizer = Localizer.from_settings(Settings(model_dir=tiny_model_dir, providers="cpu"))
+    assert not localizer.warm
+    localizer.warmup()
+    assert localizer.warm
