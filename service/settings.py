@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
+import spa_models
+
+BUNDLED_MODEL_DIR = Path(spa_models.__file__).resolve().parent / "demo"
 
 
 class Settings(BaseSettings):
@@ -22,6 +25,7 @@ class Settings(BaseSettings):
     scg_mode: Literal["reference", "paper"] = Field("reference", description="SCG equations: authors' code or paper")
 
     max_body_bytes: int = Field(20_000_000, gt=0, description="Largest request body accepted (413 above)")
+    body_timeout_s: float = Field(30.0, gt=0.0, description="Longest wait for the next piece of a request body (408)")
     max_image_pixels: int = Field(40_000_000, gt=0, description="Largest image (width x height) decoded")
     max_batch_images: int = Field(16, ge=1, description="Most images in one /v1/localize/batch request")
     heatmap_max_side: int = Field(2048, ge=16, description="Long side of returned heatmap PNGs, at most")
@@ -30,6 +34,34 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(2.0, ge=0.0, description="How long the batcher waits to fill a batch")
     max_queue_size: int = Field(64, ge=1, description="Images waiting for the backbone before 503")
 
-    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API")
-    api_key: str | None = Field(None, description="If set, requests must send it in X-API-Key")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 503 when the queue is full")
+    decode_threads: int = Field(2, ge=1, description="Threads decoding images and encoding heatmaps")
+
+    # NoDecode: the environment may hold a JSON list or a plain comma-separated list.
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed to call the API (JSON list or comma-separated)"
+    )
+    api_key: SecretStr | None = Field(
+        None, description="If set (non-empty), /v1/* requests must send it in X-API-Key"
+    )
     log_level: str = Field("INFO", description="Python logging level")
+
+    host: str = Field("127.0.0.1", description="Address spa-serve listens on (0.0.0.0 in a container)")
+    port: int = Field(8000, ge=0, le=65535, description="Port spa-serve listens on")
+    shutdown_timeout_s: float = Field(30.0, gt=0.0, description="How long shutdown waits for requests in flight")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        # compose passes SPA_API_KEY="" when the variable is unset: that means no key, not an empty one.
+        return None if isinstance(value, str) and not value.strip() else value

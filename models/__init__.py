@@ -1,0 +1,1 @@
+"""Models that ship with SPA Localizer: `demo/` is what `spa-serve` serves by default."""

@@ -1,0 +1,182 @@
+"""Dynamic micro-batching: concurrent requests share one `Localizer.localize` call.
+
+Requests enqueue (image, options) jobs on the event loop; one collector task takes up to
+`max_batch_size` jobs, waiting at most `max_delay_s` after the oldest one arrived for more
+(Triton's `max_queue_delay`), and runs the batch in a single worker thread: onnxruntime
+already uses every core, so two batches at once would only fight over them. The queue is
+bounded so that overload is answered at once (`Overloaded`) instead of piling up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from .errors import SpaError
+from .imaging import DecodedImage
+from .localize import Localization, LocalizeOptions
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+LocalizeFn = Callable[[Sequence[DecodedImage], Sequence[LocalizeOptions]], list[Localization]]
+BatchObserver = Callable[[int, float], None]
+
+
+class Overloaded(SpaError):
+    """The queue is full: the client should retry later."""
+
+    code = "overloaded"
+
+
+class ShuttingDown(SpaError):
+    """The server is draining and takes no new work."""
+
+    code = "shutting_down"
+
+
+@dataclass(frozen=True)
+class Batched:
+    localization: Localization
+    queue_ms: float  # from entering the queue until its batch started
+
+
+@dataclass
+class _Job:
+    image: DecodedImage
+    options: LocalizeOptions
+    future: asyncio.Future[Batched]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class MicroBatcher:
+    """Gathers jobs into batches and runs them, one batch at a time, in one worker thread.
+
+    `on_batch(size, seconds)` is called on the event loop after every backbone call.
+    """
+
+    def __init__(
+        self,
+        localize: LocalizeFn,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue_size: int,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
+        self._localize = localize
+        self._max_batch_size = max_batch_size
+        self._max_delay_s = max_delay_s
+        self._max_queue_size = max_queue_size
+        self._on_batch = on_batch
+        self._pending: deque[_Job] = deque()
+        self._arrived = asyncio.Event()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spa-infer")
+        self._collector: asyncio.Task[None] | None = None
+        self._accepting = False
+
+    @property
+    def queue_depth(self) -> int:
+        """Images waiting for a backbone call (not counting the batch running now)."""
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._accepting = True
+        self._collector = asyncio.create_task(self._collect(), name="spa-batcher")
+
+    async def run_exclusive(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the inference thread, between batches (warm-up uses it)."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
+
+    def submit(self, items: Sequence[tuple[DecodedImage, LocalizeOptions]]) -> list[asyncio.Future[Batched]]:
+        """Enqueue all items or none; raises Overloaded or ShuttingDown."""
+        if not self._accepting:
+            raise ShuttingDown("the server is shutting down; retry on another instance")
+        if len(self._pending) + len(items) > self._max_queue_size:
+            raise Overloaded(
+                f"{len(self._pending)} images are already waiting (queue limit {self._max_queue_size}); retry shortly"
+            )
+        loop = asyncio.get_running_loop()
+        jobs = [_Job(image, options, loop.create_future()) for image, options in items]
+        self._pending.extend(jobs)
+        self._arrived.set()
+        return [job.future for job in jobs]
+
+    async def close(self) -> None:
+        """Stop accepting, finish every queued job, then stop the worker thread."""
+        self._accepting = False
+        self._arrived.set()
+        if self._collector is not None:
+            await self._collector
+        await asyncio.get_running_loop().run_in_executor(None, self._worker.shutdown)
+
+    async def _collect(self) -> None:
+        while self._pending or self._accepting:
+            if not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            await self._fill_window()
+            batch = self._take_batch()
+            if batch:
+                await self._execute(batch)
+
+    async def _fill_window(self) -> None:
+        """Wait for more jobs until the batch is full or the oldest job has waited max_delay_s."""
+        deadline = self._pending[0].enqueued + self._max_delay_s
+        while self._accepting and len(self._pending) < self._max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout=remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Job]:
+        batch: list[_Job] = []
+        while self._pending and len(batch) < self._max_batch_size:
+            job = self._pending.popleft()
+            if not job.future.done():  # its request was cancelled (client went away): skip the work
+                batch.append(job)
+        return batch
+
+    async def _execute(self, batch: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self.run_exclusive(lambda: self._run(batch))
+        except Exception as exc:  # noqa: BLE001 - delivered to the requests, never lost
+            if len(batch) == 1:
+                _deliver_error(batch[0], exc)
+            else:
+                # One bad image must not fail the others it happened to share a batch with.
+                log.warning("batch of %d failed (%s: %s); retrying one by one", len(batch), type(exc).__name__, exc)
+                for job in batch:
+                    await self._execute([job])
+            return
+        if self._on_batch is not None:
+            try:
+                self._on_batch(len(batch), time.perf_counter() - started)
+            except Exception:  # noqa: BLE001 - an observer must never stop the collector
+                log.exception("batch observer failed")
+        for job, result in zip(batch, results):
+            if not job.future.done():
+                job.future.set_result(Batched(result, (started - job.enqueued) * 1e3))
+
+    def _run(self, batch: list[_Job]) -> list[Localization]:
+        results = self._localize([job.image for job in batch], [job.options for job in batch])
+        if len(results) != len(batch):
+            raise RuntimeError(f"localize returned {len(results)} results for {len(batch)} images")
+        return results
+
+
+def _deliver_error(job: _Job, exc: Exception) -> None:
+    if not job.future.done():
+        job.future.set_exception(exc)

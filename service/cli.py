@@ -1,0 +1,123 @@
+"""`spa-serve`: the HTTP service under uvicorn, with a graceful SIGTERM drain."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from pydantic import ValidationError
+from threadpoolctl import threadpool_limits
+
+from .app import Service, create_app
+from .errors import ModelLoadError
+from .localize import Localizer
+from .settings import BUNDLED_MODEL_DIR, Settings
+
+log = logging.getLogger("spa_service.serve")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spa-serve",
+        description="Serve an exported SPA model over HTTP. Every SPA_* environment variable applies; "
+        "these options override their variables.",
+    )
+    parser.add_argument("--model-dir", type=Path, help=f"model directory (SPA_MODEL_DIR; default {BUNDLED_MODEL_DIR})")
+    parser.add_argument("--host", help="address to listen on (SPA_HOST; default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (SPA_PORT; default 8000; 0 = any free port)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... (SPA_LOG_LEVEL; default INFO)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        key: value
+        for key, value in {
+            "model_dir": args.model_dir,
+            "host": args.host,
+            "port": args.port,
+            "log_level": args.log_level,
+        }.items()
+        if value is not None
+    }
+    return Settings(**overrides)
+
+
+class _DrainingServer(uvicorn.Server):
+    """Turns readiness off the moment a stop signal arrives, then lets uvicorn stop listening,
+    finish the requests in flight and run the app's shutdown (which drains the batcher)."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self._service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._service.begin_shutdown()
+        super().handle_exit(sig, frame)
+
+
+def limit_blas_threads() -> None:
+    """One BLAS thread for numpy (SCG, map resizing), unless OPENBLAS_NUM_THREADS says otherwise.
+
+    onnxruntime already spreads each backbone call over every core; BLAS threads on SCG's small
+    matrices only fight it and the decode threads for the cores, and OpenBLAS degrades badly when
+    it loses that fight (VGG16, 2 busy cores: SCG 60-140 ms per batch of 2 with its threads,
+    2-8 ms with one). The limit applies to the whole process.
+    """
+    if "OPENBLAS_NUM_THREADS" not in os.environ:
+        threadpool_limits(limits=1, user_api="blas")
+
+
+def _drained(sig: int, frame: FrameType | None) -> None:
+    """uvicorn re-raises the stop signal after its shutdown; by then the drain is complete, so
+    exit normally (status 0) instead of dying by the signal."""
+
+
+def serve(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        parser.error(str(exc))
+    level = settings.log_level.upper()
+    if not isinstance(logging.getLevelName(level), int):
+        parser.error(f"unknown log level {settings.log_level!r} (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+    if not settings.model_dir.is_dir():
+        hint = " (the bundled demo model is not in this checkout)" if settings.model_dir == BUNDLED_MODEL_DIR else ""
+        parser.exit(2, f"spa-serve: error: model directory {settings.model_dir} does not exist{hint}; "
+                       "pass --model-dir or set SPA_MODEL_DIR\n")
+    limit_blas_threads()
+    try:
+        localizer = Localizer.from_settings(settings)
+    except ModelLoadError as exc:
+        parser.exit(1, f"spa-serve: error: {exc}\n")
+
+    app = create_app(settings, localizer)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # logging is configured above; uvicorn's records propagate to it
+        access_log=False,  # the app logs one structured line per request instead
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        lifespan="on",
+    )
+    server = _DrainingServer(config, app.state.service)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _drained)
+    log.info("serving %s on http://%s:%d", localizer.card.name, settings.host, settings.port)
+    server.run()
+    if not server.started:  # e.g. the port was taken; uvicorn has logged why
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    serve()

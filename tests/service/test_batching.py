@@ -1,0 +1,137 @@
+"""The micro-batcher on its own, with a stand-in localize function whose batches are recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from spa_service.batching import MicroBatcher, Overloaded, ShuttingDown
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    """A localize function that answers each item with (item, batch size) and records its batches."""
+
+    def __init__(self, delay_s: float = 0.0, gate: threading.Event | None = None, fail_on: object = None) -> None:
+        self.batches: list[list[object]] = []
+        self.delay_s = delay_s
+        self.gate = gate
+        self.fail_on = fail_on
+        self.threads: set[str] = set()
+
+    def __call__(self, images: Sequence[object], options: Sequence[object]) -> list[tuple[object, int]]:
+        self.threads.add(threading.current_thread().name)
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        time.sleep(self.delay_s)
+        if self.fail_on in images:
+            raise ValueError(f"cannot do {self.fail_on}")
+        self.batches.append(list(images))
+        return [(image, len(images)) for image in images]
+
+
+def batcher(fn: Recorder, *, size: int = 4, delay_ms: float = 1.0, queue: int = 64) -> MicroBatcher:
+    return MicroBatcher(fn, max_batch_size=size, max_delay_s=delay_ms / 1000, max_queue_size=queue)
+
+
+async def results(futures) -> list[object]:
+    return [done.localization for done in await asyncio.gather(*futures)]
+
+
+async def test_concurrent_jobs_share_batches_in_one_thread() -> None:
+    fn = Recorder(delay_s=0.02)
+    b = batcher(fn, size=4)
+    b.start()
+    futures = [f for i in range(10) for f in b.submit([(i, None)])]
+    assert await results(futures) == [(i, n) for i, n in zip(range(10), [4, 4, 4, 4, 4, 4, 4, 4, 2, 2])]
+    assert fn.batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert len(fn.threads) == 1
+    await b.close()
+
+
+async def test_window_waits_for_late_arrivals_up_to_the_delay() -> None:
+    fn = Recorder()
+    b = batcher(fn, size=8, delay_ms=500)
+    b.start()
+    first = b.submit([("a", None)])
+    await asyncio.sleep(0.05)
+    second = b.submit([("b", None)])
+    assert await results(first + second) == [("a", 2), ("b", 2)]
+    started = time.perf_counter()
+    assert await results(b.submit([("c", None)])) == [("c", 1)]
+    assert 0.45 < time.perf_counter() - started < 3.0  # alone, it waited out the window
+    await b.close()
+
+
+async def test_full_queue_refuses_whole_requests() -> None:
+    gate = threading.Event()
+    fn = Recorder(gate=gate)
+    b = batcher(fn, size=1, delay_ms=0, queue=2)
+    b.start()
+    running = b.submit([("running", None)])
+    while b.queue_depth:  # wait until it left the queue for the worker
+        await asyncio.sleep(0.001)
+    queued = b.submit([("q1", None)])
+    with pytest.raises(Overloaded):
+        b.submit([("q2", None), ("q3", None)])  # all or none: one slot left is not enough
+    assert b.queue_depth == 1
+    queued += b.submit([("q2", None)])
+    with pytest.raises(Overloaded):
+        b.submit([("q3", None)])
+    gate.set()
+    assert await results(running + queued) == [("running", 1), ("q1", 1), ("q2", 1)]
+    await b.close()
+
+
+async def test_close_finishes_queued_work_then_refuses() -> None:
+    fn = Recorder(delay_s=0.02)
+    b = batcher(fn, size=2)
+    b.start()
+    futures = b.submit([(i, None) for i in range(5)])
+    await b.close()
+    assert all(f.done() for f in futures)
+    assert [image for image, _ in await results(futures)] == list(range(5))
+    with pytest.raises(ShuttingDown):
+        b.submit([("late", None)])
+
+
+async def test_a_failing_image_does_not_fail_its_batch_mates() -> None:
+    fn = Recorder(fail_on="bad")
+    b = batcher(fn, size=4, delay_ms=50)
+    b.start()
+    futures = b.submit([("a", None), ("bad", None), ("c", None)])
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert outcomes[0].localization == ("a", 1) and outcomes[2].localization == ("c", 1)
+    assert isinstance(outcomes[1], ValueError)
+    assert (await results(b.submit([("d", None)]))) == [("d", 1)]  # the collector lives on
+    await b.close()
+
+
+async def test_cancelled_jobs_are_skipped() -> None:
+    gate = threading.Event()
+    fn = Recorder(gate=gate)
+    b = batcher(fn, size=1, delay_ms=0)
+    b.start()
+    first = b.submit([("first", None)])
+    cancelled = b.submit([("gone", None)])
+    cancelled[0].cancel()
+    last = b.submit([("last", None)])
+    gate.set()
+    await results(first + last)
+    assert fn.batches == [["first"], ["last"]]
+    await b.close()
+
+
+async def test_queue_wait_is_reported() -> None:
+    fn = Recorder(delay_s=0.05)
+    b = batcher(fn, size=1, delay_ms=0)
+    b.start()
+    first, second = b.submit([("a", None), ("b", None)])
+    assert (await second).queue_ms >= 45  # waited for the first batch
+    assert (await first).queue_ms < (await second).queue_ms
+    await b.close()
