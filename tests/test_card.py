@@ -6,33 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-
-from spa_service.card import PRESETS, ModelCard, load_card, read_labels, sha256_of, write_card
+from helpers.cards import make_card
+from spa_service.card import load_card, read_labels, write_card
 from spa_service.errors import ModelLoadError
 
 
-def make_model_dir(tmp_path: Path, **overrides) -> Path:
+def make_model_dir(tmp_path: Path) -> Path:
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"not really onnx, the card check does not parse it")
-    preset = PRESETS["cub"]
-    fields = dict(
-        name="test",
-        arch="tiny",
-        num_classes=3,
-        labels=["a", "b", "c"],
-        input_size=(112, 112),
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        map_size=(14, 14),
-        preset="cub",
-        scg=preset.scg,
-        box_threshold=dict(preset.box_threshold),
-        onnx_sha256=sha256_of(onnx),
-        tool_version="0.1.0",
-        created="2026-11-25T00:00:00Z",
-    )
-    fields.update(overrides)
-    write_card(ModelCard(**fields), tmp_path)
+    write_card(make_card(onnx, labels=["a", "b", "c"]), tmp_path)
     return tmp_path
 
 

@@ -8,10 +8,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers.cards import make_card
 from onnx import TensorProto, helper
-
-from spa_service.card import PRESETS, ModelCard, sha256_of
-from spa_service.engine import Engine, available_cores, choose_providers, session_options
+from spa_service.card import ModelCard
+from spa_service.engine import (
+    Engine,
+    available_cores,
+    choose_providers,
+    session_options,
+)
 from spa_service.errors import ModelLoadError
 
 
@@ -40,23 +45,7 @@ def pooled_graph(path: Path, num_classes: int, outputs: tuple[str, str, str]) ->
 
 
 def card_for(path: Path, num_classes: int) -> ModelCard:
-    preset = PRESETS["cub"]
-    return ModelCard(
-        name="pooled",
-        arch="test",
-        num_classes=num_classes,
-        labels=[f"class_{i}" for i in range(num_classes)],
-        input_size=(16, 16),
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        map_size=(4, 4),
-        preset="cub",
-        scg=preset.scg,
-        box_threshold=dict(preset.box_threshold),
-        onnx_sha256=sha256_of(path),
-        tool_version="test",
-        created="now",
-    )
+    return make_card(path, num_classes, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def test_runs_a_batch(tmp_path: Path) -> None:

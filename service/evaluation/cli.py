@@ -20,7 +20,7 @@ from typing import Any, TextIO, cast
 
 from pydantic import ValidationError
 
-from ..card import Method, ModelCard, load_card, write_card
+from ..card import Method, ModelCard, write_card
 from ..errors import ModelLoadError
 from ..localize import Localizer
 from ..settings import Settings

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
+from helpers.serve import Server, spa_serve  # noqa: F401 - re-exported for the browser tests
 
 if TYPE_CHECKING:  # playwright may be missing: then the tests skip
     from playwright.sync_api import Page, Response
@@ -27,7 +22,6 @@ if TYPE_CHECKING:  # playwright may be missing: then the tests skip
 REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO / "tests" / "data"
 PHOTOS = [DATA_DIR / "chelsea.jpg", DATA_DIR / "coffee.jpg"]
-SPA_SERVE = Path(sys.executable).with_name("spa-serve")
 CHROMIUM = Path("/usr/bin/chromium")
 # Nothing outside this machine is reachable: keep Chromium from trying.
 LAUNCH_ARGS = [
@@ -40,55 +34,6 @@ LAUNCH_ARGS = [
 ]
 BODY_LIMIT = 150_000  # small, so that a file over the limit is small too; the test photos are under it
 DESKTOP = {"width": 1280, "height": 900}
-
-
-@dataclass
-class Server:
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def spa_serve(model_dir: Path, log_path: Path, **env: str) -> Iterator[Server]:
-    """`spa-serve` on a free loopback port, ready (warm-up done) when this yields."""
-    assert SPA_SERVE.exists(), f"{SPA_SERVE} missing: reinstall the package (pip install -e .)"
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(SPA_SERVE), "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-        )
-    server = Server(port, log_path)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"spa-serve exited early:\n{server.log()}"
-            assert time.monotonic() < deadline, f"spa-serve never became ready:\n{server.log()}"
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        yield server
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 @contextmanager
