@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# CPU image of the SPA Localizer service, serving the bundled demo model unless a model is mounted at /models.
+#   docker build -t spa-localizer . && docker run --rm -p 8000:8000 --read-only --tmpfs /tmp spa-localizer
+
+# --- build: wheels for the project and its runtime dependencies (no torch, nothing from export/) ---
+FROM python:3.11-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY export ./export
+COPY models ./models
+RUN python -m pip wheel --wheel-dir /wheels '.[cpu]'
+
+# --- runtime: the wheels installed into a venv, a non-root user, the demo model at /models ---
+FROM python:3.11-slim AS runtime
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    PATH=/opt/spa/bin:$PATH
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    python -m venv /opt/spa \
+    && /opt/spa/bin/pip install --no-index --find-links /wheels 'spa-localizer[cpu]' \
+    && /opt/spa/bin/pip uninstall -y pip \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin spa
+COPY --chown=root:root models/demo /models
+# Settings (every SPA_* variable is documented in the README). One process per container: the
+# micro-batcher feeds one onnxruntime session that already uses every core the container gets.
+ENV SPA_MODEL_DIR=/models SPA_HOST=0.0.0.0 SPA_PORT=8000 SPA_SHUTDOWN_TIMEOUT_S=25
+USER 10001:10001
+EXPOSE 8000
+VOLUME ["/models"]
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"]
+STOPSIGNAL SIGTERM
+CMD ["spa-serve"]
