@@ -20,7 +20,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m venv /opt/spa \
     && /opt/spa/bin/pip install --no-index --find-links /wheels 'spa-localizer[cpu]' \
-    && /opt/spa/bin/pip uninstall -y pip \
+    && /opt/spa/bin/pip uninstall -y -q setuptools pip \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin spa
 COPY --chown=root:root models/demo /models
 # Settings (every SPA_* variable is documented in the README). One process per container: the

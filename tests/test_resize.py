@@ -1,0 +1,99 @@
+"""service/resize.py against cv2.resize (INTER_LINEAR, float32)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spa_service.resize import linear_resize_matrix, resize_maps, roundtrip_maps, roundtrip_matrix
+
+FAST = settings(max_examples=60, deadline=None)
+
+
+def cv2_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """cv2.resize with size given as (H, W)."""
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def cv2_row_matrix(src: int, dst: int) -> np.ndarray:
+    """cv2's (dst, src) weight matrix along rows, read off by resizing an identity."""
+    return cv2_resize(np.eye(src, dtype=np.float32), (dst, src))
+
+
+def cv2_col_matrix(src: int, dst: int) -> np.ndarray:
+    return cv2_resize(np.eye(src, dtype=np.float32), (src, dst)).T
+
+
+SIZE_PAIRS = [
+    (14, 4000), (3000, 14), (14, 14), (1, 1), (1, 7), (7, 1), (14, 500), (14, 375),
+    (500, 14), (375, 14), (28, 14), (14, 28), (224, 7), (13, 29), (29, 13), (2, 3), (3, 2),
+]
+
+
+@pytest.mark.parametrize(("src", "dst"), SIZE_PAIRS)
+def test_matrix_is_cv2_weights_exactly(src: int, dst: int) -> None:
+    ours = linear_resize_matrix(src, dst)
+    assert ours.shape == (dst, src) and ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, cv2_row_matrix(src, dst))
+    np.testing.assert_array_equal(ours, cv2_col_matrix(src, dst))
+
+
+@given(src=st.integers(1, 300), dst=st.integers(1, 700))
+@FAST
+def test_matrix_matches_cv2_weights_for_any_sizes(src: int, dst: int) -> None:
+    np.testing.assert_array_equal(linear_resize_matrix(src, dst), cv2_row_matrix(src, dst))
+
+
+def test_equal_sizes_are_identity() -> None:
+    np.testing.assert_array_equal(linear_resize_matrix(17, 17), np.eye(17, dtype=np.float32))
+    np.testing.assert_allclose(roundtrip_matrix(17, 17), np.eye(17), atol=0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [((14, 14), (500, 375)), ((14, 14), (4000, 14)), ((3000, 14), (14, 4000)), ((14, 3000), (14, 14)),
+     ((28, 28), (14, 14)), ((12, 20), (333, 77)), ((5, 7), (5, 7)), ((1, 1), (9, 4)), ((9, 4), (1, 1))],
+)
+def test_resize_maps_matches_cv2(shape: tuple[int, int], size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(shape) + sum(size))
+    image = rng.random(shape, dtype=np.float32)
+    ours = resize_maps(image, size)
+    assert ours.shape == size and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, cv2_resize(image, size), rtol=0, atol=1e-5)
+
+
+def test_resize_maps_batches_over_leading_axes() -> None:
+    rng = np.random.default_rng(3)
+    maps = rng.random((2, 3, 14, 12), dtype=np.float32)
+    ours = resize_maps(maps, (61, 45))
+    assert ours.shape == (2, 3, 61, 45)
+    for n in range(2):
+        for k in range(3):
+            np.testing.assert_allclose(ours[n, k], cv2_resize(maps[n, k], (61, 45)), atol=1e-5)
+
+
+@given(
+    h=st.integers(1, 40), w=st.integers(1, 40), big_h=st.integers(1, 600), big_w=st.integers(1, 600),
+    seed=st.integers(0, 2**32 - 1),
+)
+@FAST
+def test_resize_and_roundtrip_match_cv2_for_any_sizes(h: int, w: int, big_h: int, big_w: int, seed: int) -> None:
+    image = np.random.default_rng(seed).random((h, w), dtype=np.float32)
+    big = cv2_resize(image, (big_h, big_w))
+    np.testing.assert_allclose(resize_maps(image, (big_h, big_w)), big, atol=1e-5)
+    np.testing.assert_allclose(roundtrip_maps(image, (big_h, big_w)), cv2_resize(big, (h, w)), atol=1e-5)
+
+
+@pytest.mark.parametrize(("n", "via"), [(14, 500), (14, 375), (28, 4000), (14, 3), (14, 14), (12, 1)])
+def test_roundtrip_matrix_is_two_cv2_resizes(n: int, via: int) -> None:
+    image = np.random.default_rng(n * via).random((n, 5), dtype=np.float32)
+    twice = cv2_resize(cv2_resize(image, (via, 5)), (n, 5))
+    np.testing.assert_allclose(roundtrip_matrix(n, via) @ image, twice, atol=1e-6)
+
+
+def test_bad_sizes_raise() -> None:
+    with pytest.raises(ValueError):
+        linear_resize_matrix(0, 5)
