@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
+from .arrays import cupy_available
 from .card import ModelCard
 from .errors import ModelLoadError
 
@@ -53,11 +54,29 @@ def choose_providers(choice: ProviderChoice) -> list[str]:
             raise ModelLoadError(
                 f"providers=cuda but onnxruntime offers only {available}; install onnxruntime-gpu with CUDA"
             )
+        _preload_cuda_libraries()
         return [_CUDA, _CPU]
     if _CUDA in available:
+        _preload_cuda_libraries()
         return [_CUDA, _CPU]
     log.info("onnxruntime has no CUDA provider; running on CPU", extra={"available_providers": available})
     return [_CPU]
+
+
+def _preload_cuda_libraries() -> None:
+    """Load CUDA/cuDNN from NVIDIA's pip packages when they are installed (the GPU image's way)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()
+
+
+def _cupy_view(value: ort.OrtValue) -> Any:
+    """A cupy array over a float32 OrtValue in GPU memory, without a copy; it keeps `value` alive."""
+    import cupy
+
+    shape = tuple(value.shape())
+    memory = cupy.cuda.UnownedMemory(value.data_ptr(), int(np.prod(shape)) * 4, owner=value)
+    return cupy.ndarray(shape, dtype=cupy.float32, memptr=cupy.cuda.MemoryPointer(memory, 0))
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -96,9 +115,16 @@ class Engine:
             log.warning("CUDA provider could not start (no visible GPU?); running on CPU")
         self._check_io(onnx_path)
         self._output_names = [card.io.class_map, card.io.feat_a, card.io.feat_b]
+        # With cupy, outputs stay on the GPU (IOBinding) and SCG runs there on cupy arrays.
+        self.outputs_on_gpu = self.on_gpu and cupy_available()
         log.info(
             "engine ready",
-            extra={"onnx": str(onnx_path), "providers": self.providers, "intra_op_threads": threads},
+            extra={
+                "onnx": str(onnx_path),
+                "providers": self.providers,
+                "intra_op_threads": threads,
+                "outputs_on_gpu": self.outputs_on_gpu,
+            },
         )
 
     @property
@@ -121,6 +147,18 @@ class Engine:
             )
 
     def run(self, batch: np.ndarray) -> BackboneOutputs:
-        """(N, 3, H, W) float32 -> class map and the two SCG feature blocks."""
+        """(N, 3, H, W) float32 -> class map and the two SCG feature blocks (cupy when on the GPU)."""
+        if self.outputs_on_gpu:
+            return self._run_bound(batch)
         class_map, feat_a, feat_b = self.session.run(self._output_names, {self.card.io.image: batch})
+        return BackboneOutputs(class_map=class_map, feat_a=feat_a, feat_b=feat_b)
+
+    def _run_bound(self, batch: np.ndarray) -> BackboneOutputs:
+        device_id = int(self.session.get_provider_options()[_CUDA].get("device_id", 0))
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.card.io.image, batch)
+        for name in self._output_names:
+            binding.bind_output(name, "cuda", device_id)
+        self.session.run_with_iobinding(binding)  # synchronises the outputs before returning
+        class_map, feat_a, feat_b = (_cupy_view(v) for v in binding.get_outputs())
         return BackboneOutputs(class_map=class_map, feat_a=feat_a, feat_b=feat_b)
