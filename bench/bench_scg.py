@@ -15,6 +15,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,20 @@ def loops_affinity(features, mode):
     return [sum(block_loops(block[n], PARAMS) for block in features) for n in range(len(features[0]))]
 
 
-def scg_row(arch: str, n: int, mode: str, repeat: int) -> str:
+def blas_settings() -> list[tuple[str, Callable[[], AbstractContextManager]]]:
+    """(label, context) for the default BLAS threading and, if that is more, one thread (as spa-serve runs)."""
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        return [("default", nullcontext)]
+    default = max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=1)
+    settings: list[tuple[str, Callable[[], AbstractContextManager]]] = [(str(default), nullcontext)]
+    if default != 1:
+        settings.append(("1", lambda: threadpool_limits(1, user_api="blas")))
+    return settings
+
+
+def scg_row(arch: str, n: int, mode: str, repeat: int, threads: str) -> str:
     """One table row: whole SCG and its affinity part, vectorised and loops."""
     (h, w), channels, target = ARCHS[arch]
     features, class_maps, classes, sizes = inputs(arch, n)
@@ -103,8 +117,8 @@ def scg_row(arch: str, n: int, mode: str, repeat: int) -> str:
         goals.append(f">= {SPEED_UP_TARGET:g}x: {'met' if ratio >= SPEED_UP_TARGET else 'MISSED'}")
     blocks = " + ".join(f"{c}x{h}x{w}" for c in channels)
     return (
-        f"| {arch} | {mode} | {n} | {blocks} | **{vec:.2f}** | {vec_cpu:.2f} | {vec / n:.2f} | {vec_aff:.2f} "
-        f"| {loops:.1f} | {loops_aff:.1f} | **{ratio:.1f}x** | {'; '.join(goals)} |"
+        f"| {arch} | {mode} | {n} | {blocks} | {threads} | **{vec:.2f}** | {vec_cpu:.2f} | {vec / n:.2f} "
+        f"| {vec_aff:.2f} | {loops:.1f} | {loops_aff:.1f} | **{ratio:.1f}x** | {'; '.join(goals)} |"
     )
 
 
@@ -157,19 +171,17 @@ def main() -> None:
     parser.add_argument("--section", default="scg", help="BENCHMARKS.md section to write")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--blas-threads", type=int, help="limit BLAS threads (needs threadpoolctl)")
     args = parser.parse_args()
-    if args.blas_threads:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(args.blas_threads, user_api="blas")
 
     load_before = os.getloadavg()[0]
     rows = []
-    for arch in ARCHS:
-        repeat = args.repeat if arch == "VGG16" else max(args.repeat // 5, 10)
-        rows += [scg_row(arch, n, "reference", repeat if n == 1 else max(repeat // 4, 10)) for n in (1, 8)]
-        rows.append(scg_row(arch, 1, "paper", repeat))
+    for threads, limit in blas_settings():
+        with limit():
+            for arch in ARCHS:
+                repeat = args.repeat if arch == "VGG16" else max(args.repeat // 5, 10)
+                rows += [scg_row(arch, 1, "reference", repeat, threads)]
+                rows += [scg_row(arch, 8, "reference", max(repeat // 4, 10), threads)]
+                rows += [scg_row(arch, 1, "paper", repeat, threads)]
     post = [post_row(arch, args.repeat) for arch in ARCHS]
     load_after = os.getloadavg()[0]
 
@@ -192,9 +204,9 @@ def main() -> None:
             "and per class: numpy matrix products for the affinity as the authors' code has them, two "
             "cv2.resize calls per class for step 9, a Python loop over the selected positions.",
             "",
-            "| backbone | mode | batch | blocks | SCG ms | SCG CPU ms | per image | affinity ms | loops ms "
-            "| loops affinity ms | speed-up | target |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| backbone | mode | batch | blocks | BLAS threads | SCG ms | SCG CPU ms | per image | affinity ms "
+            "| loops ms | loops affinity ms | speed-up | target |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"Final resize (resize_maps, all top-{TOPK} maps at once) and boxes at threshold {THRESHOLD}, one "

@@ -110,11 +110,11 @@ def _reference_block(block: Array, params: ScgParams, out: Array, half: Array, h
                 spare /= _column_sums(spare) + _EPS
                 ho, spare = spare, ho
     xp.copyto(ho, 0, where=ho < params.so_th / hw)  # step 6
-    if params.so_weight != 1:
-        ho *= params.so_weight
-    _diagonal(a)[...] = diagonal  # back to A: first order = A * inv_first
-    a *= inv_first
-    xp.maximum(a, ho, out=a)  # step 7
+    # Step 7. max(FO, w HO) / its column sums == max(FO / w, HO) / theirs (w > 0; up to the
+    # 1e-10 guard), so the weight folds into FO's column scale: no pass over HO.
+    _diagonal(a)[...] = diagonal  # back to A: FO = A * inv_first
+    a *= inv_first / params.so_weight
+    xp.maximum(a, ho, out=a)
     a /= _column_sums(a) + _EPS
 
 
@@ -150,8 +150,9 @@ def structure_affinity(features: Sequence[Array], params: ScgParams, mode: ScgMo
 
     `features`: one (N, C_b, h, w) array per block (channel counts may differ; N, h, w may not).
     reference: steps 1-7 of SPA_REFERENCE.md section 3 per block (uses fo_th, so_th, so_weight
-    and order). paper: the HSC of Eq. 6-11 per block (uses order only). Compute it once per
-    image and pass it to `scg_maps` for any number of classes.
+    and order). paper: the HSC of Eq. 6-11 per block; it uses order only (fo_th, so_th and
+    so_weight have no counterpart in the paper). Compute it once per image and pass it to
+    `scg_maps` for any number of classes. float32 (float64 for float64 features).
     """
     if not features:
         raise ValueError("structure_affinity needs at least one feature block")
@@ -163,7 +164,7 @@ def structure_affinity(features: Sequence[Array], params: ScgParams, mode: ScgMo
     n, _, h, w = features[0].shape
     shape, dtype = (n, h * w, h * w), float_dtype(xp, features[0])
     per_block = _reference_block if mode == "reference" else _paper_block
-    # Buffers are reused across blocks: fresh (N, HW, HW) arrays cost page faults, not just flops.
+    # (N, HW, HW) buffers are shared by the blocks: three or four per call, not a dozen temporaries.
     total, scratch = xp.empty(shape, dtype), (xp.empty(shape, dtype), xp.empty(shape, dtype))
     per_block(features[0], params, total, *scratch)
     if len(features) > 1:
