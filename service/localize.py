@@ -10,23 +10,20 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from .arrays import array_namespace, to_numpy
-from .boxes import BoxMode, boxes_from_heatmaps
+from .boxes import Box, BoxMode, boxes_from_heatmaps
 from .card import Method, ModelCard, load_card
 from .engine import Engine
 from .errors import InvalidRequestError
 from .imaging import DecodedImage, preprocess
 from .resize import resize_maps, roundtrip_matrix
-from .scg import normalize_cam, scg_maps, structure_affinity
+from .scg import ScgMode, normalize_cam, scg_maps, structure_affinity
 from .settings import Settings
-
-Box = tuple[int, int, int, int]
-ScgMode = Literal["reference", "paper"]
 
 
 @dataclass(frozen=True)
