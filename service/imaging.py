@@ -85,13 +85,6 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
         )
 
 
-def probe_image(data: bytes, *, max_pixels: int) -> tuple[int, int]:
-    """(width, height) read from the header alone; raises the ImageError subclasses."""
-    with _open(data) as image:
-        _check_pixels(image.width, image.height, max_pixels)
-        return image.width, image.height
-
-
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
