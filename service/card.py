@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ModelLoadError
 
@@ -18,6 +18,7 @@ CARD_FILE = "model.json"
 CARD_SCHEMA_VERSION = 1
 
 Method = Literal["cam", "scg"]
+Precision = Literal["fp32", "fp16", "int8"]
 
 
 class ScgParams(BaseModel):
@@ -66,6 +67,48 @@ class OutputNames(BaseModel):
     feat_b: str = "feat_b"
 
 
+class Calibration(BaseModel):
+    """The images an int8 model's activation ranges were measured on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(description="where the images came from: a folder, or a data set and its split")
+    images: int = Field(ge=1)
+    method: Literal["MinMax", "Entropy", "Percentile"]
+    seed: int = Field(description="seed of the shuffle that split the source into calibration and held-out images")
+
+
+class Agreement(BaseModel):
+    """A reduced-precision model's answers against its fp32 reference, on images not used for calibration.
+
+    Both models run the service's pipeline (top-5, SCG, the card's box threshold, union boxes); boxes and
+    heatmaps are those of each model's own top-1 prediction, as a client would get them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    images: int = Field(ge=1)
+    top1: float = Field(ge=0.0, le=1.0, description="fraction of images with the same top-1 class")
+    top5_overlap: float = Field(ge=0.0, le=1.0, description="mean |top-5 in common| / 5")
+    box_iou_mean: float = Field(ge=0.0, le=1.0, description="mean IoU of the top-1 boxes")
+    box_iou_ge_0_9: float = Field(ge=0.0, le=1.0, description="fraction of images whose top-1 boxes have IoU >= 0.9")
+    box_iou_ge_0_5: float = Field(ge=0.0, le=1.0, description="fraction of images whose top-1 boxes have IoU >= 0.5")
+    heatmap_diff_mean: float = Field(ge=0.0, description="mean |difference| of the top-1 heatmaps, over all pixels")
+    heatmap_diff_p99: float = Field(ge=0.0, description="99th percentile of that |difference|")
+
+
+class Variant(BaseModel):
+    """How a reduced-precision model was made from its fp32 export, and how closely it agrees with it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reference_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the fp32 model.onnx it came from")
+    recipe: dict[str, str | bool | list[str]] = Field(description="the conversion's settings")
+    calibration: Calibration | None = None  # int8 only
+    agreement: Agreement
+
+
 class ModelCard(BaseModel):
     """Everything the runtime needs to know about an exported model."""
 
@@ -87,8 +130,19 @@ class ModelCard(BaseModel):
     onnx_file: str = "model.onnx"
     onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     parity: dict[str, float] = Field(default_factory=dict, description="max |onnx - torch| / range per output")
+    precision: Precision = "fp32"
+    variant: Variant | None = Field(default=None, description="for fp16 and int8: how it was made from fp32")
     tool_version: str
     created: str
+
+    @field_validator("onnx_file")
+    @classmethod
+    def _inside_model_dir(cls, value: str) -> str:
+        # The runtime joins it to the model directory: it must name a file in there, not anywhere else.
+        posix, windows = PurePosixPath(value), PureWindowsPath(value)
+        if not value or posix.is_absolute() or windows.anchor or ".." in posix.parts or ".." in windows.parts:
+            raise ValueError(f"{value!r} must be a file name relative to the model directory, without '..'")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
@@ -99,11 +153,17 @@ class ModelCard(BaseModel):
         for method in ("cam", "scg"):
             if method not in self.box_threshold:
                 raise ValueError(f"box_threshold has no entry for {method!r}")
+        if (self.precision == "fp32") != (self.variant is None):
+            raise ValueError(f"precision {self.precision!r} needs a variant section exactly when it is not fp32")
+        if self.precision == "int8" and self.variant is not None and self.variant.calibration is None:
+            raise ValueError("an int8 card must say how it was calibrated (variant.calibration)")
         return self
 
     def public(self) -> dict:
-        """The card as users may see it (no file names or hashes)."""
-        return self.model_dump(exclude={"io", "onnx_file", "onnx_sha256"})
+        """The whole card as JSON types, what GET /v1/models returns. Nothing is left out: the ONNX file's
+        name (relative to the model directory) and sha256 let a client tell exactly which model answers,
+        and the I/O names are what the file itself declares."""
+        return self.model_dump(mode="json")
 
 
 def sha256_of(path: Path) -> str:
