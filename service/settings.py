@@ -22,6 +22,16 @@ class Settings(BaseSettings):
         "auto", description="onnxruntime execution provider: auto = CUDA when available, else CPU"
     )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads; 0 = the cores this process may use")
+    # The CUDA provider's options (docs/gpu.md says why each default).
+    cuda_device_id: int = Field(0, ge=0, description="GPU the CUDA provider runs on")
+    cudnn_conv_algo_search: Literal["exhaustive", "heuristic", "default"] = Field(
+        "exhaustive", description="cuDNN convolution algorithm choice, made once per batch size"
+    )
+    use_tf32: bool = Field(False, description="Allow TF32 matmuls/convolutions on the GPU (faster, not fp32-exact)")
+    gpu_mem_limit_mb: int = Field(0, ge=0, description="Cap on the CUDA provider's memory arena, MB; 0 = no cap")
+    gpu_arena_extend_strategy: Literal["same_as_requested", "next_power_of_two"] = Field(
+        "same_as_requested", description="How the CUDA memory arena grows"
+    )
     scg_mode: Literal["reference", "paper"] = Field("reference", description="SCG equations: authors' code or paper")
 
     max_body_bytes: int = Field(20_000_000, gt=0, description="Largest request body accepted (413 above)")
