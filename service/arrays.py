@@ -12,12 +12,19 @@ try:  # cupy is optional: present only on GPU installs
 except ImportError:  # pragma: no cover - depends on the install
     _cupy = None
 
+Array = Any  # a numpy or cupy ndarray
+
 
 def array_namespace(*arrays: Any) -> ModuleType:
     """numpy, or cupy when any argument is a cupy array."""
     if _cupy is not None and any(isinstance(a, _cupy.ndarray) for a in arrays):
         return _cupy
     return np
+
+
+def float_dtype(xp: ModuleType, array: Array) -> Any:
+    """float64 for float64 arrays (exact tests), float32 for everything else (the service)."""
+    return xp.float64 if array.dtype == xp.float64 else xp.float32
 
 
 def to_numpy(array: Any) -> np.ndarray:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .errors import SpaError
+from .errors import Overloaded, ShuttingDown
 from .imaging import DecodedImage
 from .localize import Localization, LocalizeOptions
 
@@ -27,18 +27,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 LocalizeFn = Callable[[Sequence[DecodedImage], Sequence[LocalizeOptions]], list[Localization]]
 BatchObserver = Callable[[int, float], None]
-
-
-class Overloaded(SpaError):
-    """The queue is full: the client should retry later."""
-
-    code = "overloaded"
-
-
-class ShuttingDown(SpaError):
-    """The server is draining and takes no new work."""
-
-    code = "shutting_down"
 
 
 @dataclass(frozen=True)

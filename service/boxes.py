@@ -1,8 +1,10 @@
-"""Boxes from heatmaps (SPA_REFERENCE.md section 4).
+"""Boxes from heatmaps (docs/reference.md section 5).
 
 A box is (x0, y0, x1, y1), inclusive on both ends, in the pixel grid of the heatmap it came
-from (the caller passes heatmaps already resized to the original image). A pixel is in when
-its value is >= the threshold.
+from. A pixel is in when its value is >= the threshold. `boxes_of_maps` takes maps at the class
+map's resolution and finds the boxes of their full-size resize band by band, so that a large
+image never has its full-size float heatmaps in memory; `boxes_from_heatmaps` takes full-size
+heatmaps that already exist.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from .arrays import array_namespace, to_numpy
-from .resize import Array
+from .arrays import Array, array_namespace, to_numpy
+from .resize import BAND_ROWS, resize_bands
 
 BoxMode = Literal["union", "largest", "all"]
 Box = tuple[int, int, int, int]
 EMPTY_BOX: Box = (0, 0, 0, 0)  # what the authors' code reports when nothing passes
+BAND_ELEMENTS = 1 << 22  # float32 values per band of full-size maps: 16 MB, whatever the image
 
 
 def union_boxes(heatmaps: Array, threshold: float) -> Array:
@@ -25,10 +28,13 @@ def union_boxes(heatmaps: Array, threshold: float) -> Array:
 
     Same namespace as the input (numpy or cupy).
     """
-    xp = array_namespace(heatmaps)
     passing = heatmaps >= threshold
-    rows = passing.any(axis=2)  # (K, H)
-    cols = passing.any(axis=1)  # (K, W)
+    return _projection_boxes(passing.any(axis=2), passing.any(axis=1))
+
+
+def _projection_boxes(rows: Array, cols: Array) -> Array:
+    """(K, H) and (K, W) "some pixel passes in this row / column" -> (K, 4) union boxes."""
+    xp = array_namespace(rows)
     height, width = rows.shape[1], cols.shape[1]
     # argmax finds the first True; on the reversed axis, the last one.
     y0 = xp.argmax(rows, axis=1)
@@ -46,7 +52,10 @@ def component_boxes(heatmap: Array, threshold: float, mode: Literal["largest", "
     follows its scan order). all: every component's box by pixel count, descending (ties by
     label). [] when no pixel passes.
     """
-    mask = (to_numpy(heatmap) >= threshold).astype(np.uint8)
+    return _mask_component_boxes((to_numpy(heatmap) >= threshold).astype(np.uint8), mode)
+
+
+def _mask_component_boxes(mask: np.ndarray, mode: Literal["largest", "all"]) -> list[Box]:
     count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count <= 1:
         return []
@@ -80,4 +89,39 @@ def boxes_from_heatmaps(heatmaps: Array, threshold: float, mode: BoxMode = "unio
     for heatmap in to_numpy(heatmaps):
         boxes = component_boxes(heatmap, threshold, mode)
         result.append(boxes if boxes or mode == "all" else [EMPTY_BOX])
+    return result
+
+
+def boxes_of_maps(maps: Array, size: tuple[int, int], threshold: float, mode: BoxMode = "union") -> list[list[Box]]:
+    """(K, h, w) maps -> boxes per map of their resize to `size` = (H, W), as `boxes_from_heatmaps`
+    gives on `resize.resize_maps(maps, size)`, without that (K, H, W) array.
+
+    union: bands of rows for a few classes at a time, at most BAND_ELEMENTS floats, reduced to
+    row and column projections. largest / all: one class at a time, its full-size mask as uint8.
+    """
+    if mode not in ("union", "largest", "all"):
+        raise ValueError(f"unknown box mode {mode!r}")
+    xp = array_namespace(maps)
+    k = maps.shape[0]
+    height, width = size
+    if mode == "union":
+        per_chunk = max(1, BAND_ELEMENTS // (BAND_ROWS * width))
+        boxes = []
+        for first in range(0, k, per_chunk):
+            chunk = maps[first : first + per_chunk]
+            rows = xp.zeros((chunk.shape[0], height), dtype=bool)
+            cols = xp.zeros((chunk.shape[0], width), dtype=bool)
+            for start, band in resize_bands(chunk, size):
+                passing = band >= threshold
+                rows[:, start : start + band.shape[-2]] = passing.any(axis=2)
+                cols |= passing.any(axis=1)
+            boxes.extend(to_numpy(_projection_boxes(rows, cols)).tolist())
+        return [[tuple(box)] for box in boxes]
+    result = []
+    for one in maps:
+        mask = np.empty((height, width), dtype=np.uint8)
+        for start, band in resize_bands(one, size):
+            mask[start : start + band.shape[-2]] = to_numpy(band >= threshold)
+        found = _mask_component_boxes(mask, mode)
+        result.append(found if found or mode == "all" else [EMPTY_BOX])
     return result

@@ -14,9 +14,10 @@ import uvicorn
 from pydantic import ValidationError
 from threadpoolctl import threadpool_limits
 
-from .app import Service, create_app
+from .app import create_app
 from .errors import ModelLoadError
 from .localize import Localizer
+from .serving import Service
 from .settings import BUNDLED_MODEL_DIR, Settings
 
 log = logging.getLogger("spa_service.serve")

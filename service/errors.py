@@ -45,3 +45,35 @@ class InvalidRequestError(SpaError):
     """A parameter that is well-formed but does not fit the model (e.g. a class id out of range)."""
 
     code = "invalid_parameter"
+
+
+class MissingImageError(SpaError):
+    """A request without the image part (or body) it needs."""
+
+    code = "missing_image"
+
+
+class UnsupportedMediaTypeError(SpaError):
+    code = "unsupported_media_type"
+
+
+class TooManyImagesError(SpaError):
+    code = "too_many_images"
+
+
+class Overloaded(SpaError):
+    """The queue is full: the client should retry later."""
+
+    code = "overloaded"
+
+
+class ShuttingDown(SpaError):
+    """The server is draining and takes no new work."""
+
+    code = "shutting_down"
+
+
+class RequestTooCostly(SpaError):
+    """One request asks for more work than the server takes in one request, however idle it is."""
+
+    code = "request_too_costly"

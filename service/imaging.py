@@ -1,6 +1,6 @@
 """Bytes in, images out: decoding with limits, the reference preprocessing, heatmap PNGs.
 
-Decoding follows SPA_REFERENCE.md section 1: Pillow, EXIF orientation applied, any mode to RGB,
+Decoding follows docs/reference.md section 1: Pillow, EXIF orientation applied, any mode to RGB,
 resized straight to the model's input size with PIL bilinear (aspect ratio not kept).
 """
 
@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .arrays import Array, to_numpy
 from .errors import (
     EmptyImageError,
     ImageTooLargeError,
@@ -21,6 +22,7 @@ from .errors import (
     TruncatedImageError,
     UnsupportedFormatError,
 )
+from .resize import resize_bands
 
 # Formats people send that Pillow cannot decode: named so the error says what was sent.
 _KNOWN_UNSUPPORTED = (
@@ -99,6 +101,17 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def header_size(data: bytes, *, max_pixels: int) -> tuple[int, int]:
+    """(height, width) from the image header alone (before EXIF orientation), in microseconds.
+
+    Raises what `decode_image` raises for the header: EmptyImageError, NotAnImageError,
+    UnsupportedFormatError, ImageTooLargeError.
+    """
+    image = _open(data)
+    _check_pixels(image.width, image.height, max_pixels)
+    return image.height, image.width
+
+
 def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     """Decode bytes into an RGB image, refusing more than `max_pixels` before decoding.
 
@@ -145,15 +158,27 @@ def heatmap_to_uint8(heatmap: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def encode_heatmap_png(heatmap: np.ndarray, *, max_side: int) -> tuple[bytes, int, int]:
-    """Grayscale 8-bit PNG of a heatmap; maps whose long side exceeds `max_side` are shrunk
-    proportionally first. Returns (png bytes, width, height)."""
-    height, width = heatmap.shape
+def heatmap_png_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(H, W) of the PNG for a heatmap of `size` = (H, W): the same, or proportionally smaller so
+    that its long side is at most `max_side`."""
+    height, width = size
     scale = max_side / max(height, width)
-    if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        heatmap = cv2.resize(heatmap.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA)
-    pixels = heatmap_to_uint8(heatmap)
+    if scale >= 1.0:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def encode_heatmap_png(map_: Array, size: tuple[int, int], *, max_side: int) -> tuple[bytes, int, int]:
+    """Grayscale 8-bit PNG, value round(255 * heatmap), of a (h, w) map resized to `size` = (H, W).
+
+    When the long side of `size` exceeds `max_side`, the map is resized straight to the smaller
+    size of `heatmap_png_size` (the full-size heatmap sampled at the PNG's pixel centres). Built
+    band by band in uint8: no full-size float map. Returns (png bytes, width, height).
+    """
+    png_size = heatmap_png_size(size, max_side)
+    pixels = np.empty(png_size, dtype=np.uint8)
+    for start, band in resize_bands(map_, png_size):
+        pixels[start : start + band.shape[-2]] = heatmap_to_uint8(to_numpy(band))
     ok, png = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:  # pragma: no cover - OpenCV fails only on invalid shapes, excluded above
         raise RuntimeError("PNG encoding failed")

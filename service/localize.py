@@ -1,7 +1,10 @@
-"""The pipeline: decoded images -> classes, heatmaps at the original size, boxes.
+"""The pipeline: decoded images -> classes, heatmaps, boxes, in two halves.
 
-One backbone call per batch; SCG for the whole batch and all its classes at once; then, per
-image (each has its own size), the heatmaps are resized and boxed.
+`Localizer.run_backbone`: preprocess and one backbone call per batch (a `BackboneRun`).
+`Localizer.postprocess`: for any options, SCG (or CAM) for the whole batch and all its classes at
+once, then, per image (each has its own size), the boxes of the maps resized to that size, band by
+band. Full-size heatmaps are never kept: a `Prediction` holds its map at the class map's resolution
+and resizes it when asked. Evaluation runs the backbone once and post-processes once per method.
 """
 
 from __future__ import annotations
@@ -10,18 +13,17 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .arrays import array_namespace, to_numpy
-from .boxes import Box, BoxMode, boxes_from_heatmaps
+from .arrays import Array, array_namespace, to_numpy
+from .boxes import Box, BoxMode, boxes_of_maps
 from .card import Method, ModelCard, load_card
-from .engine import Engine
+from .engine import BackboneOutputs, Engine
 from .errors import InvalidRequestError
 from .imaging import DecodedImage, preprocess
-from .resize import resize_maps, roundtrip_matrix
+from .resize import resize_maps, roundtrip_maps
 from .scg import ScgMode, normalize_cam, scg_maps, structure_affinity
 from .settings import Settings
 
@@ -42,8 +44,14 @@ class Prediction:
     class_id: int
     label: str
     score: float
-    heatmap: np.ndarray  # (H, W) float32 in [0, 1] at the original image size
+    map: Array  # (h, w) float32 in [0, 1] at the class map's resolution (numpy or cupy)
+    size: tuple[int, int]  # (H, W) of the original image, the heatmap's size
     boxes: list[Box]  # inclusive original-image pixels
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        """(H, W) float32 in [0, 1]: the map resized to the original image, computed on each access."""
+        return to_numpy(resize_maps(self.map, self.size))
 
 
 @dataclass
@@ -53,6 +61,16 @@ class Localization:
     predictions: list[Prediction]
     timings_ms: dict[str, float]  # wall time of each stage this image went through
     batch_size: int  # images that shared the backbone call
+
+
+@dataclass(frozen=True)
+class BackboneRun:
+    """One backbone call for a batch: all that post-processing needs, for any options."""
+
+    sizes: list[tuple[int, int]]  # (H, W) of each original image
+    outputs: BackboneOutputs
+    scores: np.ndarray  # (N, C) class probabilities
+    timings_ms: dict[str, float]  # preprocess, backbone
 
 
 def class_scores(class_map: np.ndarray) -> np.ndarray:
@@ -78,18 +96,18 @@ def chosen_classes(scores: np.ndarray, options: Sequence[LocalizeOptions]) -> np
 
 
 def localization_maps(
-    outputs_class_map: Any,
-    features: Sequence[Any],
+    outputs_class_map: Array,
+    features: Sequence[Array],
     chosen: np.ndarray,
     sizes: Sequence[tuple[int, int]],
     methods: Sequence[Method],
     card: ModelCard,
     scg_mode: ScgMode,
-) -> Any:
+) -> Array:
     """(N, K, h, w) maps in [0, 1] at the class map's resolution, CAM or SCG per image.
 
     `sizes` are the original (height, width): the reference resizes each CAM to it and back
-    (step 9) before SCG, done here as two small matrices per image.
+    (step 9) before SCG, done as two small matrices per image (`resize.roundtrip_maps`).
     """
     xp = array_namespace(outputs_class_map)
     index = xp.asarray(chosen)[:, :, None, None]
@@ -98,10 +116,7 @@ def localization_maps(
     if not scg_rows:
         return cams
     rows = xp.asarray(scg_rows)
-    h, w = cams.shape[-2:]
-    ry = xp.stack([roundtrip_matrix(h, sizes[i][0], xp=xp) for i in scg_rows])[:, None]
-    rx = xp.stack([roundtrip_matrix(w, sizes[i][1], xp=xp) for i in scg_rows])[:, None]
-    round_tripped = ry @ cams[rows] @ xp.swapaxes(rx, -1, -2)
+    round_tripped = xp.stack([roundtrip_maps(cams[i], sizes[i]) for i in scg_rows])
     affinity = structure_affinity([f[rows] for f in features], card.scg, mode=scg_mode)
     maps = cams.copy()
     maps[rows] = scg_maps(affinity, round_tripped, card.scg, mode=scg_mode)
@@ -150,42 +165,55 @@ class Localizer:
         if options.threshold is not None and not 0.0 <= options.threshold <= 1.0:
             raise InvalidRequestError(f"threshold must be in [0, 1], got {options.threshold}")
 
-    def localize(
-        self, images: Sequence[DecodedImage], options: Sequence[LocalizeOptions]
-    ) -> list[Localization]:
-        """Classes, heatmaps and boxes for each image, with that image's options."""
-        if len(images) != len(options):
-            raise ValueError("one LocalizeOptions per image")
-        for opts in options:
-            self.validate(opts)
+    def run_backbone(self, images: Sequence[DecodedImage]) -> BackboneRun:
+        """Preprocess `images` and run the backbone on them as one batch."""
         card, clock = self.card, _Stopwatch()
         with clock.stage("preprocess"):
             batch = preprocess(images, input_size=card.input_size, mean=card.mean, std=card.std)
         with clock.stage("backbone"):
             outputs = self.engine.run(batch)
+        scores = class_scores(to_numpy(outputs.class_map))
+        return BackboneRun([(im.height, im.width) for im in images], outputs, scores, clock.ms)
+
+    def postprocess(self, run: BackboneRun, options: Sequence[LocalizeOptions]) -> list[Localization]:
+        """Classes, maps and boxes for each image of `run`, with that image's options."""
+        if len(run.sizes) != len(options):
+            raise ValueError("one LocalizeOptions per image")
+        for opts in options:
+            self.validate(opts)
+        clock = _Stopwatch()
         with clock.stage("scg"):
-            scores = class_scores(to_numpy(outputs.class_map))
-            chosen = chosen_classes(scores, options)
+            chosen = chosen_classes(run.scores, options)
             maps = localization_maps(
-                outputs.class_map,
-                (outputs.feat_a, outputs.feat_b),
+                run.outputs.class_map,
+                (run.outputs.feat_a, run.outputs.feat_b),
                 chosen,
-                [(im.height, im.width) for im in images],
+                run.sizes,
                 [o.method for o in options],
-                card,
+                self.card,
                 self.scg_mode,
             )
-        shared = dict(clock.ms)
+        shared = {**run.timings_ms, **clock.ms}
         return [
-            self._finish(image, opts, maps[i], chosen[i], scores[i], shared, len(images))
-            for i, (image, opts) in enumerate(zip(images, options))
+            self._finish(size, opts, maps[i], chosen[i], run.scores[i], shared, len(options))
+            for i, (size, opts) in enumerate(zip(run.sizes, options))
         ]
+
+    def localize(
+        self, images: Sequence[DecodedImage], options: Sequence[LocalizeOptions]
+    ) -> list[Localization]:
+        """The whole pipeline for a batch: `postprocess(run_backbone(images), options)`."""
+        if len(images) != len(options):
+            raise ValueError("one LocalizeOptions per image")
+        for opts in options:  # before the backbone: a bad request costs nothing
+            self.validate(opts)
+        return self.postprocess(self.run_backbone(images), options)
 
     def _finish(
         self,
-        image: DecodedImage,
+        size: tuple[int, int],
         opts: LocalizeOptions,
-        maps: Any,
+        maps: Array,
         chosen: np.ndarray,
         scores: np.ndarray,
         shared_ms: dict[str, float],
@@ -194,24 +222,23 @@ class Localizer:
         clock = _Stopwatch()
         k = len(opts.class_ids) or opts.topk
         threshold = self.card.box_threshold[opts.method] if opts.threshold is None else opts.threshold
-        with clock.stage("resize"):
-            heatmaps = resize_maps(maps[:k], (image.height, image.width))
         with clock.stage("boxes"):
-            boxes = boxes_from_heatmaps(heatmaps, threshold, opts.box_mode)
-            heatmaps = to_numpy(heatmaps)
+            boxes = boxes_of_maps(maps[:k], size, threshold, opts.box_mode)
         predictions = [
             Prediction(
                 class_id=int(c),
                 label=self.card.labels[int(c)],
                 score=float(scores[c]),
-                heatmap=heatmaps[j],
+                map=maps[j],
+                size=size,
                 boxes=boxes[j],
             )
             for j, c in enumerate(chosen[:k])
         ]
+        height, width = size
         return Localization(
-            width=image.width,
-            height=image.height,
+            width=width,
+            height=height,
             predictions=predictions,
             timings_ms={**shared_ms, **clock.ms},
             batch_size=batch_size,

@@ -6,20 +6,14 @@ Matrices batch over classes and images, run on numpy or cupy alike, and let SCG'
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from .arrays import array_namespace
-
-Array = Any  # a numpy or cupy ndarray
-
-
-def float_dtype(xp: ModuleType, array: Array) -> Any:
-    """float64 for float64 arrays (exact tests), float32 for everything else (the service)."""
-    return xp.float64 if array.dtype == xp.float64 else xp.float32
+from .arrays import Array, array_namespace, float_dtype
 
 
 @lru_cache(maxsize=256)
@@ -73,21 +67,29 @@ def roundtrip_matrix(n: int, via: int, *, xp: ModuleType = np, dtype: Any = np.f
     return (down @ up).astype(dtype)
 
 
+def _rows_first(h: int, w: int, out_h: int, out_w: int) -> bool:
+    """Whether (rows @ maps) @ cols^T is cheaper than rows @ (maps @ cols^T) for these sizes."""
+    return h * out_w * (w + out_h) > out_h * w * (h + out_w)
+
+
 def _apply(maps: Array, rows: Array, cols: Array) -> Array:
     """rows @ maps @ cols^T over the last two axes, in the cheaper association order."""
     xp = array_namespace(maps)
     h, w = maps.shape[-2:]
-    out_h, out_w = rows.shape[0], cols.shape[0]
-    if h * out_w * (w + out_h) <= out_h * w * (h + out_w):
-        return xp.matmul(rows, xp.matmul(maps, cols.T))
-    return xp.matmul(xp.matmul(rows, maps), cols.T)
+    if _rows_first(h, w, rows.shape[0], cols.shape[0]):
+        return xp.matmul(xp.matmul(rows, maps), cols.T)
+    return xp.matmul(rows, xp.matmul(maps, cols.T))
 
 
-def resize_maps(maps: Array, size: tuple[int, int]) -> Array:
-    """Resize float maps (..., h, w) to (..., H, W) as cv2.resize(INTER_LINEAR) does each map.
+BAND_ROWS = 64  # rows per band of a full-size resize; fixed, so the values never depend on batching
 
-    `size` is (H, W) (note: cv2 takes (W, H)). Float32 out (float64 for float64 maps), same
-    namespace as `maps`. Not clipped: like cv2, a map in [0, 1] may come back ~1e-7 outside it.
+
+def resize_bands(maps: Array, size: tuple[int, int]) -> Iterator[tuple[int, Array]]:
+    """Resize float maps (..., h, w) to (..., H, W), yielding (first row, band (..., r, W)) of at
+    most BAND_ROWS rows, so that the full-size maps of a large image need never exist at once.
+
+    Each band's values depend on nothing but its rows and the one map they come from: the same
+    whichever other maps are in `maps`, and the same as `resize_maps`. Same namespace as `maps`.
     """
     xp = array_namespace(maps)
     dtype = float_dtype(xp, maps)
@@ -96,7 +98,28 @@ def resize_maps(maps: Array, size: tuple[int, int]) -> Array:
     height, width = size
     rows = linear_resize_matrix(h, height, xp=xp, dtype=dtype)
     cols = linear_resize_matrix(w, width, xp=xp, dtype=dtype)
-    return _apply(maps, rows, cols)
+    rows_first = _rows_first(h, w, height, width)
+    right = None if rows_first else xp.matmul(maps, cols.T)
+    for start in range(0, height, BAND_ROWS):
+        band = rows[start : start + BAND_ROWS]
+        if rows_first:
+            yield start, xp.matmul(xp.matmul(band, maps), cols.T)
+        else:
+            yield start, xp.matmul(band, right)
+
+
+def resize_maps(maps: Array, size: tuple[int, int]) -> Array:
+    """Resize float maps (..., h, w) to (..., H, W) as cv2.resize(INTER_LINEAR) does each map.
+
+    `size` is (H, W) (note: cv2 takes (W, H)). Float32 out (float64 for float64 maps), same
+    namespace as `maps`. Not clipped: like cv2, a map in [0, 1] may come back ~1e-7 outside it.
+    Computed band by band (`resize_bands`), so its values are the bands' exactly.
+    """
+    xp = array_namespace(maps)
+    out = xp.empty((*maps.shape[:-2], *size), dtype=float_dtype(xp, maps))
+    for start, band in resize_bands(maps, size):
+        out[..., start : start + band.shape[-2], :] = band
+    return out
 
 
 def roundtrip_maps(maps: Array, via: tuple[int, int]) -> Array:

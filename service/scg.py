@@ -6,7 +6,7 @@ Written once against an array namespace (numpy or cupy), batched over images:
   structure_affinity   steps 1-7: one HW x HW matrix per image, shared by all its classes
   scg_maps             steps 10-13 up to the final resize (resize.resize_maps)
 
-Step numbers refer to SPA_REFERENCE.md section 3, `reference` mode (the default): what the
+Step numbers refer to docs/reference.md section 4, `reference` mode (the default): what the
 authors' released VGG16 code computes. Their removed Inception-V3 code normalised the
 high-order map differently; reference mode applies the VGG16 steps to every backbone.
 `paper` mode follows the paper's Eq. 6-14 instead (see `structure_affinity`, `scg_maps`).
@@ -20,9 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from .arrays import array_namespace
+from .arrays import Array, array_namespace, float_dtype
 from .card import ScgParams
-from .resize import Array, float_dtype
 
 ScgMode = Literal["reference", "paper"]
 
@@ -149,7 +148,7 @@ def structure_affinity(features: Sequence[Array], params: ScgParams, mode: ScgMo
     """The structure affinity S of each image, summed over feature blocks: (N, HW, HW).
 
     `features`: one (N, C_b, h, w) array per block (channel counts may differ; N, h, w may not).
-    reference: steps 1-7 of SPA_REFERENCE.md section 3 per block (uses fo_th, so_th, so_weight
+    reference: steps 1-7 of docs/reference.md section 4 per block (uses fo_th, so_th, so_weight
     and order). paper: the HSC of Eq. 6-11 per block; it uses order only (fo_th, so_th and
     so_weight have no counterpart in the paper). Compute it once per image and pass it to
     `scg_maps` for any number of classes. float32 (float64 for float64 features).

@@ -1,24 +1,16 @@
-"""The HTTP API's request and response models, and how a Localization becomes a response.
-
-Everything here is plain data: no event loop, no web framework objects. `render_localization`
-is CPU-bound (PNG encoding), so the app calls it off the event loop.
-"""
+"""The HTTP API's request and response models: plain data, no event loop, no web framework."""
 
 from __future__ import annotations
 
-import base64
-import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .imaging import encode_heatmap_png
-from .localize import Localization, LocalizeOptions
+from .boxes import Box, BoxMode
+from .card import Method
+from .localize import LocalizeOptions
 
-Method = Literal["scg", "cam"]
-BoxMode = Literal["union", "largest", "all"]
 HeatmapFormat = Literal["png", "none"]
-Box = tuple[int, int, int, int]
 
 PNG_DATA_URI_PREFIX = "data:image/png;base64,"
 
@@ -100,7 +92,6 @@ _LOCALIZE_EXAMPLE = {
         "preprocess": 1.3,
         "backbone": 95.0,
         "scg": 3.2,
-        "resize": 1.1,
         "boxes": 0.6,
         "encode": 2.4,
         "total": 106.2,
@@ -146,41 +137,3 @@ class StatusResponse(BaseModel):
 def error_content(code: str, message: str) -> dict:
     """The JSON body of every error response."""
     return {"error": {"code": code, "message": message}}
-
-
-def error_json(code: str, message: str) -> bytes:
-    return json.dumps(error_content(code, message)).encode()
-
-
-def render_localization(
-    result: Localization,
-    *,
-    model_name: str,
-    heatmap: HeatmapFormat,
-    heatmap_max_side: int,
-    timings_ms: dict[str, float],
-) -> LocalizeResponse:
-    """Build the response for one image; `timings_ms` holds the HTTP-side stages measured so far."""
-    predictions = []
-    for prediction in result.predictions:
-        uri, size = None, None
-        if heatmap == "png":
-            png, width, height = encode_heatmap_png(prediction.heatmap, max_side=heatmap_max_side)
-            uri, size = PNG_DATA_URI_PREFIX + base64.b64encode(png).decode("ascii"), (width, height)
-        predictions.append(
-            PredictionOut(
-                class_id=int(prediction.class_id),
-                label=prediction.label,
-                score=float(prediction.score),
-                boxes=[tuple(int(v) for v in box) for box in prediction.boxes],
-                heatmap=uri,
-                heatmap_size=size,
-            )
-        )
-    return LocalizeResponse(
-        model=model_name,
-        width=result.width,
-        height=result.height,
-        predictions=predictions,
-        timings_ms={**timings_ms, **result.timings_ms},
-    )

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(20_000_000, gt=0, description="Largest request body accepted (413 above)")
     body_timeout_s: float = Field(30.0, gt=0.0, description="Longest wait for the next piece of a request body (408)")
+    body_deadline_s: float = Field(
+        120.0, gt=0.0, description="Longest time a request body may take to arrive in full (408)"
+    )
     max_image_pixels: int = Field(40_000_000, gt=0, description="Largest image (width x height) decoded")
     max_batch_images: int = Field(16, ge=1, description="Most images in one /v1/localize/batch request")
     heatmap_max_side: int = Field(2048, ge=16, description="Long side of returned heatmap PNGs, at most")
@@ -43,6 +46,12 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, ge=1, description="Most images gathered into one backbone call")
     max_queue_delay_ms: float = Field(2.0, ge=0.0, description="How long the batcher waits to fill a batch")
     max_queue_size: int = Field(64, ge=1, description="Images waiting for the backbone before 503")
+    max_request_work_mp: float = Field(
+        400.0, gt=0.0, description="Most work one request may ask for, in megapixel-maps (413 above; see README)"
+    )
+    max_queued_work_mp: float = Field(
+        1600.0, gt=0.0, description="Most work admitted at once, in megapixel-maps (503 above)"
+    )
 
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 503 when the queue is full")
     decode_threads: int = Field(2, ge=1, description="Threads decoding images and encoding heatmaps")
@@ -54,20 +63,26 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="If set (non-empty), /v1/* requests must send it in X-API-Key"
     )
+    api_key_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/v1/"],
+        description="Paths that need the API key: a prefix ending in / covers all below it (e.g. "
+        "/v1/,/metrics,/docs,/openapi.json,/samples/)",
+    )
+    root_path: str = Field("", description="Path prefix the service is mounted under behind a proxy (e.g. /spa)")
     log_level: str = Field("INFO", description="Python logging level")
 
     host: str = Field("127.0.0.1", description="Address spa-serve listens on (0.0.0.0 in a container)")
     port: int = Field(8000, ge=0, le=65535, description="Port spa-serve listens on")
     shutdown_timeout_s: float = Field(30.0, gt=0.0, description="How long shutdown waits for requests in flight")
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "api_key_paths", mode="before")
     @classmethod
-    def _split_origins(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
                 return json.loads(text)
-            return [origin.strip() for origin in text.split(",") if origin.strip()]
+            return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
     @field_validator("api_key", mode="before")

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spa_service.boxes import EMPTY_BOX, boxes_from_heatmaps, component_boxes, union_boxes
+from spa_service.boxes import EMPTY_BOX, boxes_from_heatmaps, boxes_of_maps, component_boxes, union_boxes
+from spa_service.resize import resize_maps
 
 FAST = settings(max_examples=80, deadline=None)
 
@@ -181,3 +182,27 @@ def test_components_match_loops_and_lie_inside_the_union(case: tuple[np.ndarray,
         assert areas[biggest] == max(areas.values()) and biggest == boxes[0]
         for x0, y0, x1, y1 in boxes:
             assert union[0] <= x0 <= x1 <= union[2] and union[1] <= y0 <= y1 <= union[3]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    map_size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    size=st.tuples(st.integers(1, 300), st.integers(1, 300)),
+    threshold=st.floats(0.0, 1.0),
+    mode=st.sampled_from(["union", "largest", "all"]),
+)
+def test_boxes_of_maps_equal_boxes_of_the_full_size_heatmaps(seed, map_size, size, threshold, mode) -> None:
+    maps = np.random.default_rng(seed).random((3, *map_size), dtype=np.float32) ** 2
+    assert boxes_of_maps(maps, size, threshold, mode) == boxes_from_heatmaps(resize_maps(maps, size), threshold, mode)
+
+
+def test_boxes_of_maps_band_by_band_on_a_large_image() -> None:
+    """Over a band and a class chunk (BAND_ELEMENTS) apart: the same boxes as from the whole heatmaps."""
+    maps = np.zeros((2, 7, 7), dtype=np.float32)
+    maps[0, 1, 5] = maps[0, 6, 0] = 1.0  # two far corners: the union spans many bands
+    maps[1, 3, 3] = 1.0
+    size = (3000, 2500)
+    full = resize_maps(maps, size)
+    for mode in ("union", "largest", "all"):
+        assert boxes_of_maps(maps, size, 0.5, mode) == boxes_from_heatmaps(full, 0.5, mode)

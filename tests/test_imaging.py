@@ -153,7 +153,7 @@ def test_preprocess_is_pil_bilinear_then_normalise() -> None:
 
 def test_heatmap_png_round_trips_values() -> None:
     heatmap = np.random.default_rng(0).random((30, 50), dtype=np.float32)
-    png, width, height = encode_heatmap_png(heatmap, max_side=2048)
+    png, width, height = encode_heatmap_png(heatmap, (30, 50), max_side=2048)  # same size: the values as they are
     assert (width, height) == (50, 30)
     decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
     assert decoded.dtype == np.uint8 and decoded.ndim == 2
@@ -161,8 +161,17 @@ def test_heatmap_png_round_trips_values() -> None:
     np.testing.assert_array_equal(heatmap_to_uint8(np.array([0.0, 0.5, 1.0])), [0, 128, 255])
 
 
+def test_heatmap_png_is_the_map_resized_to_the_image() -> None:
+    small = np.random.default_rng(1).random((7, 9), dtype=np.float32)
+    png, width, height = encode_heatmap_png(small, (150, 200), max_side=2048)
+    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    expected = np.rint(np.clip(cv2.resize(small, (200, 150), interpolation=cv2.INTER_LINEAR), 0, 1) * 255)
+    assert (width, height) == (200, 150)
+    assert np.abs(decoded.astype(int) - expected.astype(int)).max() <= 1  # cv2 vs matrices: 1e-7 apart
+
+
 def test_heatmap_png_long_side_is_capped_proportionally() -> None:
-    png, width, height = encode_heatmap_png(np.ones((1000, 3000), np.float32), max_side=600)
+    png, width, height = encode_heatmap_png(np.ones((10, 30), np.float32), (1000, 3000), max_side=600)
     assert (width, height) == (600, 200)
     decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
     assert decoded.shape == (200, 600) and decoded.min() == 255

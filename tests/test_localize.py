@@ -1,4 +1,9 @@
-"""The whole runtime pipeline against PyTorch and the loop reference, on real photographs."""
+"""The whole runtime pipeline against PyTorch and the loop reference, on real photographs.
+
+The expectations are built independently of the service's code: preprocessing from the spec
+(PIL bilinear resize to the input size, then (x / 255 - mean) / std), scores as a softmax of
+the spatial mean, and union boxes by a plain loop over pixels.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
+from PIL import Image
+
 from scg_loops import scg_loops
-from spa_service.boxes import boxes_from_heatmaps
 from spa_service.errors import InvalidRequestError
-from spa_service.imaging import DecodedImage, decode_image, preprocess
+from spa_service.imaging import DecodedImage, decode_image
 from spa_service.localize import Localizer, LocalizeOptions, chosen_classes, class_scores
 from spa_service.settings import Settings
 
@@ -38,6 +44,36 @@ def torch_vgg16():
     return build_model("vgg16", 200).eval()
 
 
+def spec_preprocess(images: list[DecodedImage], card) -> np.ndarray:
+    """(N, 3, H, W): each image resized with PIL bilinear, scaled to [0, 1], normalised per channel."""
+    height, width = card.input_size
+    batch = []
+    for decoded in images:
+        pixels = np.asarray(decoded.image.resize((width, height), Image.BILINEAR), dtype=np.float64) / 255.0
+        batch.append(((pixels - np.array(card.mean)) / np.array(card.std)).transpose(2, 0, 1))
+    return np.stack(batch).astype(np.float32)
+
+
+def softmax_of_means(class_map: np.ndarray) -> np.ndarray:
+    rows = []
+    for maps in class_map.astype(np.float64):
+        logits = [m.mean() for m in maps]
+        top = max(logits)
+        exp = [np.exp(v - top) for v in logits]
+        rows.append([e / sum(exp) for e in exp])
+    return np.array(rows)
+
+
+def loop_union_box(heatmap: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
+    xs, ys = [], []
+    for y, row in enumerate(heatmap):
+        passing = [x for x, value in enumerate(row.tolist()) if value >= threshold]
+        if passing:
+            xs += [passing[0], passing[-1]]
+            ys.append(y)
+    return (min(xs), min(ys), max(xs), max(ys)) if xs else (0, 0, 0, 0)
+
+
 def torch_outputs(model, batch: np.ndarray) -> list[np.ndarray]:
     import torch
 
@@ -54,9 +90,8 @@ def test_vgg16_matches_pytorch_and_loop_reference(vgg16: Localizer, torch_vgg16,
         results = vgg16.localize(images, [LocalizeOptions(topk=5, method="scg")] * len(images))
     finally:
         vgg16.scg_mode = "reference"
-    batch = preprocess(images, input_size=card.input_size, mean=card.mean, std=card.std)
-    class_map, feat_a, feat_b = torch_outputs(torch_vgg16, batch)
-    scores = class_scores(class_map)
+    class_map, feat_a, feat_b = torch_outputs(torch_vgg16, spec_preprocess(images, card))
+    scores = softmax_of_means(class_map)
     top5 = np.argsort(-scores, axis=1)[:, :5]
     expected = scg_loops(
         [feat_a, feat_b], class_map, top5, [(im.height, im.width) for im in images], card.scg, mode=mode
@@ -71,7 +106,7 @@ def test_vgg16_matches_pytorch_and_loop_reference(vgg16: Localizer, torch_vgg16,
         np.testing.assert_allclose(got, want, atol=2e-3)
         # Boxes are compared on the reference's own maps: identical unless a pixel sits within the
         # ONNX-vs-PyTorch noise of the threshold, which the heatmap check above bounds.
-        assert [p.boxes for p in result.predictions] == boxes_from_heatmaps(want, threshold, "union")
+        assert [p.boxes for p in result.predictions] == [[loop_union_box(m, threshold)] for m in want]
         assert all(p.label == card.labels[p.class_id] for p in result.predictions)
 
 
@@ -79,13 +114,13 @@ def test_cam_method_is_the_normalised_class_map_resized(vgg16: Localizer, torch_
     image = photo("coffee.jpg")
     (result,) = vgg16.localize([image], [LocalizeOptions(topk=2, method="cam", threshold=0.3)])
     card = vgg16.card
-    class_map = torch_outputs(torch_vgg16, preprocess([image], input_size=card.input_size, mean=card.mean, std=card.std))[0]
+    class_map = torch_outputs(torch_vgg16, spec_preprocess([image], card))[0]
     for prediction in result.predictions:
         cam = np.maximum(class_map[0, prediction.class_id], 0)
         cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-10)
         want = cv2.resize(cam, (image.width, image.height), interpolation=cv2.INTER_LINEAR)
         np.testing.assert_allclose(prediction.heatmap, want, atol=2e-3)
-        assert prediction.boxes == boxes_from_heatmaps(want[None], 0.3, "union")[0]
+        assert prediction.boxes == [loop_union_box(want, 0.3)]
 
 
 def test_a_batch_equals_single_images(vgg16: Localizer) -> None:
@@ -107,9 +142,20 @@ def test_a_batch_equals_single_images(vgg16: Localizer) -> None:
     assert all(len(p.boxes) == 1 for p in together[2].predictions)
 
 
+def test_one_backbone_run_serves_every_method(vgg16: Localizer) -> None:
+    images = [photo("chelsea.jpg"), photo("coffee.jpg")]
+    run = vgg16.run_backbone(images)
+    for method in ("cam", "scg"):
+        options = [LocalizeOptions(topk=2, method=method), LocalizeOptions(class_ids=(5,), method=method)]
+        for split, whole in zip(vgg16.postprocess(run, options), vgg16.localize(images, options)):
+            assert [(p.class_id, p.boxes) for p in split.predictions] == [(p.class_id, p.boxes) for p in whole.predictions]
+            for a, b in zip(split.predictions, whole.predictions):
+                np.testing.assert_array_equal(a.map, b.map)
+
+
 def test_timings_cover_every_stage(vgg16: Localizer) -> None:
     (result,) = vgg16.localize([photo("chelsea.jpg")], [LocalizeOptions()])
-    assert set(result.timings_ms) == {"preprocess", "backbone", "scg", "resize", "boxes"}
+    assert set(result.timings_ms) == {"preprocess", "backbone", "scg", "boxes"}
     assert all(v >= 0 for v in result.timings_ms.values())
 
 

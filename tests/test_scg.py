@@ -161,13 +161,27 @@ def test_zero_feature_vectors(mode: str, dtype) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("fill", [0.0, 1.5])
-def test_all_zero_or_identical_feature_vectors(mode: str, fill: float) -> None:
+def test_all_zero_feature_vectors(mode: str) -> None:
     _, class_maps, classes, sizes = VGG.inputs(seed=8)
-    features = [np.full((1, 64, 14, 14), fill, dtype=np.float32), np.zeros((1, 32, 14, 14), np.float32)]
+    features = [np.zeros((1, 64, 14, 14), dtype=np.float32), np.zeros((1, 32, 14, 14), np.float32)]
     maps, heatmaps = vectorized(features, class_maps, classes, sizes, CUB, mode)
     assert_unit(maps)
     assert max_error(heatmaps, scg_loops(features, class_maps, classes, sizes, CUB, mode)) <= 1e-5
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_identical_feature_vectors(mode: str) -> None:
+    """Every position alike: the affinity is constant, so the maps are min-max normalised rounding
+    noise, whose values depend on the BLAS kernels. Checked instead: the affinity is one value on its
+    diagonal and one off it, and the maps are unit maps."""
+    _, class_maps, classes, sizes = VGG.inputs(seed=8)
+    features = [np.full((1, 64, 14, 14), 1.5, dtype=np.float32), np.zeros((1, 32, 14, 14), np.float32)]
+    affinity = structure_affinity(features, CUB, mode)[0]
+    on = np.eye(affinity.shape[0], dtype=bool)
+    for part in (affinity[on], affinity[~on]):
+        assert np.ptp(part) <= 1e-5 * np.abs(part).max()
+    maps, _ = vectorized(features, class_maps, classes, sizes, CUB, mode)
+    assert_unit(maps)
 
 
 def test_normalize_cam() -> None:

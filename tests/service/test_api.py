@@ -125,11 +125,13 @@ async def test_batch_mixes_good_and_bad_images(client: httpx.AsyncClient, locali
         assert_matches(body, localizer, data, LocalizeOptions(topk=2))
 
 
-async def test_models_is_the_public_card(client: httpx.AsyncClient, localizer: Localizer) -> None:
+async def test_models_is_the_card_and_the_providers(client: httpx.AsyncClient, localizer: Localizer) -> None:
     response = await client.get("/v1/models")
     assert response.status_code == 200
-    assert response.json() == localizer.card.model_dump(mode="json", exclude={"io", "onnx_file", "onnx_sha256"})
-    assert "onnx_sha256" not in response.json()
+    body = response.json()
+    assert body.pop("providers") == ["CPUExecutionProvider"]
+    assert body == localizer.card.model_dump(mode="json")
+    assert body["onnx_sha256"] == localizer.card.onnx_sha256 and body["io"]["image"] == "image"
 
 
 async def test_health_and_docs(client: httpx.AsyncClient) -> None:

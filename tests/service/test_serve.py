@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from helpers.serve import SPA_SERVE, Server, spa_serve
 from service_helpers import make_image, png_from_data_uri, reference
@@ -60,7 +61,10 @@ def test_answers_match_the_localizer(server: Server, tiny_model_dir: Path) -> No
         assert [p["class_id"] for p in predictions] == [p.class_id for p in expected.predictions]
         for got, want in zip(predictions, expected.predictions):
             assert [tuple(b) for b in got["boxes"]] == want.boxes
-            assert (png_from_data_uri(got["heatmap"]).tobytes() == heatmap_to_uint8(want.heatmap).tobytes())
+            # The server runs numpy with one BLAS thread, this process with more: maps may differ in the
+            # last float bit, so a value on a rounding edge may be one level apart.
+            served = np.asarray(png_from_data_uri(got["heatmap"]), dtype=np.int16)
+            assert np.abs(served - heatmap_to_uint8(want.heatmap)).max() <= 1
     assert httpx.get(f"{server.url}/v1/models").json()["name"] == localizer.card.name
     assert 'spa_requests_total{route="/v1/localize",status="200"}' in httpx.get(f"{server.url}/metrics").text
 

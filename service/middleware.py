@@ -1,0 +1,126 @@
+"""Pure ASGI middleware that answer before the body is read, without buffering it."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Sequence
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .http_errors import closing_error, error_response
+
+API_KEY_HEADER = "X-API-Key"
+
+
+class BodyLimit:
+    """Limits the request body in size and in time, without buffering it.
+
+    413 for a declared Content-Length over the limit, before reading anything; otherwise body
+    bytes are counted as they arrive and 413 is answered the moment the limit is passed. A body
+    that stalls for `gap_s` between chunks, or is still arriving `deadline_s` after the request
+    started, gets 408, so a slow or stuck client cannot hold a request open forever. After either
+    answer the app sees a disconnect, and whatever it sends afterwards is dropped.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, gap_s: float, deadline_s: float) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.gap_s = gap_s
+        self.deadline_s = deadline_s
+
+    def _too_large(self) -> JSONResponse:
+        return closing_error(413, "body_too_large", f"request body is over the limit of {self.max_bytes:,} bytes")
+
+    def _stalled(self) -> JSONResponse:
+        return closing_error(408, "body_timeout", f"no request body data for {self.gap_s:g} s")
+
+    def _too_slow(self) -> JSONResponse:
+        return closing_error(408, "body_timeout", f"request body not complete within {self.deadline_s:g} s")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._too_large()(scope, receive, send)
+            return
+
+        deadline = time.monotonic() + self.deadline_s
+        received = 0
+        started = answered = complete = False
+
+        async def refuse(response: JSONResponse) -> Message:
+            nonlocal answered
+            answered = True
+            if not started:
+                await response(scope, receive, send)
+            return {"type": "http.disconnect"}
+
+        async def guarded_receive() -> Message:
+            nonlocal received, complete
+            if answered:
+                return {"type": "http.disconnect"}
+            if complete:  # later calls only wait for a disconnect: no time limit on those
+                return await receive()
+            left = deadline - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, min(self.gap_s, left)))
+            except TimeoutError:
+                return await refuse(self._stalled() if left > self.gap_s else self._too_slow())
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+                if received > self.max_bytes:
+                    return await refuse(self._too_large())
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if not answered:
+                started = True
+                await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except Exception:
+            if not answered:  # the app's failure is ours to report only if we did not cause it
+                raise
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = Headers(scope=scope).get("content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class RequireApiKey:
+    """401 for requests under the protected path prefixes without the configured X-API-Key,
+    before the body is read."""
+
+    def __init__(self, app: ASGIApp, *, key: str, prefixes: Sequence[str]) -> None:
+        self.app = app
+        self.key = key.encode()
+        self.prefixes = tuple(prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _protected(scope["path"], self.prefixes):
+            supplied = Headers(scope=scope).get(API_KEY_HEADER)
+            if supplied is None:
+                await error_response(401, "unauthorized", f"missing {API_KEY_HEADER} header")(scope, receive, send)
+                return
+            if not hmac.compare_digest(supplied.encode(), self.key):
+                await error_response(401, "unauthorized", f"invalid {API_KEY_HEADER}")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _protected(path: str, prefixes: tuple[str, ...]) -> bool:
+    """A prefix ending in / covers everything under it; any other names one exact path."""
+    return any(path.startswith(p) if p.endswith("/") else path == p for p in prefixes)
