@@ -1,0 +1,211 @@
+"""`spa-batch`: localize every image of a folder tree or a manifest into Parquet or JSONL.
+
+Exit status: 0 when every image of the output has boxes, 1 when some could not be localized (their
+rows say why, with the API's error codes), 2 for bad usage (one error line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import get_args
+
+from pydantic import ValidationError
+
+from ..boxes import BoxMode
+from ..card import Method
+from ..errors import InvalidRequestError, ModelLoadError
+from ..localize import Localizer, LocalizeOptions
+from ..settings import BUNDLED_MODEL_DIR, Settings
+
+log = logging.getLogger("spa_service.batch")
+
+PROG = "spa-batch"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative number")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Localize every image of a folder tree or a manifest (.txt, .csv or .parquet with a "
+        "'path' column; local paths or fsspec URLs) into one row per image. A rerun with the same --out "
+        "skips the images already there. SPA_* environment variables apply as for spa-serve.",
+    )
+    parser.add_argument("source", help="folder of images, or a manifest of image paths")
+    parser.add_argument("--out", required=True, help="output folder (local path or fsspec URL)")
+    parser.add_argument("--format", choices=("parquet", "jsonl"), default="parquet", help="default %(default)s")
+    parser.add_argument("--model-dir", type=Path, help=f"model directory (SPA_MODEL_DIR; default {BUNDLED_MODEL_DIR})")
+    options = parser.add_argument_group("localization (as the API's query parameters)")
+    options.add_argument("--topk", type=_positive_int, default=1, help="classes per image, best first")
+    options.add_argument("--method", choices=get_args(Method), default="scg")
+    options.add_argument("--threshold", type=float, help="box threshold in [0, 1]; default: the card's")
+    options.add_argument("--box-mode", choices=get_args(BoxMode), default="union")
+    options.add_argument("--class-id", type=int, action="append", default=[],
+                         help="localize this class instead of the top-k (repeatable)")
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument("--heatmaps", choices=("none", "png", "map"), default="none",
+                         help="png: one uint8 PNG per image and class at the image's size, under OUT/heatmaps; "
+                         "map: the maps at the model's map resolution, in the rows (maps, map_size)")
+    outputs.add_argument("--coco", action="store_true", help="also write OUT/coco.json (COCO detections)")
+    run = parser.add_argument_group("running")
+    run.add_argument("--engine", choices=("local", "ray"), default="local", help="default %(default)s")
+    run.add_argument("--batch-size", type=_positive_int, default=8, help="images per backbone call")
+    run.add_argument("--decode-threads", type=_positive_int, default=2, help="local engine: decoding threads")
+    run.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local one)")
+    run.add_argument("--ray-actors", type=_positive_int, default=1, help="actors, each with one Localizer")
+    run.add_argument("--ray-cpus-per-actor", type=_non_negative_float, default=1.0, help="default %(default)s")
+    run.add_argument("--ray-gpus-per-actor", type=_non_negative_float, default=0.0, help="default %(default)s")
+    run.add_argument("--ray-num-cpus", type=_positive_int, help="CPUs of the local cluster (default: all)")
+    run.add_argument("--ray-object-store-mb", type=_positive_int, help="object store of the local cluster")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ... (default %(default)s)")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> LocalizeOptions:
+    return LocalizeOptions(
+        topk=args.topk,
+        method=args.method,
+        threshold=args.threshold,
+        box_mode=args.box_mode,
+        class_ids=tuple(args.class_id),
+    )
+
+
+def _run_settings(localizer: Localizer, settings: Settings, options: LocalizeOptions, args: argparse.Namespace) -> dict:
+    """What the rows depend on: a rerun into the same folder must have the same."""
+    card = localizer.card
+    return {
+        "model": card.name,
+        "onnx_sha256": card.onnx_sha256,
+        "scg_mode": settings.scg_mode,
+        "options": {
+            "topk": options.topk,
+            "method": options.method,
+            "threshold": options.threshold,
+            "box_mode": options.box_mode,
+            "class_ids": list(options.class_ids),
+        },
+        "format": args.format,
+        "heatmaps": args.heatmaps,
+    }
+
+
+def _progress(tables: Iterator, total: int, *, enabled: bool) -> Iterator:
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True, file=sys.stderr) as bar:
+        for table in tables:
+            yield table
+            bar.update(table.num_rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    level = args.log_level.upper()
+    if not isinstance(logging.getLevelName(level), int):
+        parser.error(f"unknown log level {args.log_level!r} (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+    missing = [m for m in ("pyarrow", "fsspec", "tqdm") + (("ray",) if args.engine == "ray" else ())
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        extra = "ray" if args.engine == "ray" else "batch"
+        parser.exit(2, f"{PROG}: error: {', '.join(missing)} not installed; pip install 'spa-localizer[{extra}]'\n")
+
+    from .coco import coco_detections
+    from .inputs import SourceError, list_inputs
+    from .local_engine import run_local
+    from .ray_engine import RayConfig, run_ray
+    from .store import OutputMismatchError, Store
+    from .worker import BatchWorker, limit_blas_threads
+
+    try:
+        settings = Settings(**({"model_dir": args.model_dir} if args.model_dir else {}))
+    except ValidationError as exc:
+        parser.error(str(exc))
+    if not settings.model_dir.is_dir():
+        parser.error(f"model directory {settings.model_dir} does not exist; pass --model-dir or set SPA_MODEL_DIR")
+    options = _options(args)
+    limit_blas_threads()
+    try:
+        localizer = Localizer.from_settings(settings)
+        localizer.validate(options)
+    except (ModelLoadError, InvalidRequestError) as exc:
+        parser.error(str(exc))
+    try:
+        paths = list_inputs(args.source)
+        store = Store(args.out, args.format)
+        store.open_run(_run_settings(localizer, settings, options, args))
+    except (SourceError, OutputMismatchError, OSError) as exc:
+        parser.error(str(exc))
+
+    done = store.done()
+    pending = [p for p in paths if p not in done]
+    log.info("%d images in %s: %d already in %s, %d to localize with %s on the %s engine",
+             len(paths), args.source, len(paths) - len(pending), args.out, len(pending), localizer.card.name,
+             args.engine)
+    card = localizer.card
+    if args.engine == "local":
+        worker = BatchWorker(localizer, options, settings.max_image_pixels, args.out, args.heatmaps)
+        tables = run_local(worker, pending, batch_size=args.batch_size, decode_threads=args.decode_threads)
+    else:
+        del localizer  # the actors hold the models; the driver needed this one only to check the options
+        config = RayConfig(
+            address=args.ray_address,
+            actors=args.ray_actors,
+            cpus_per_actor=args.ray_cpus_per_actor,
+            gpus_per_actor=args.ray_gpus_per_actor,
+            num_cpus=args.ray_num_cpus,
+            object_store_mb=args.ray_object_store_mb,
+        )
+        tables = run_ray(pending, model_dir=settings.model_dir, options=options, out=args.out,
+                         heatmaps=args.heatmaps, batch_size=args.batch_size, config=config) if pending else iter(())
+
+    started = time.perf_counter()
+    codes: Counter[str] = Counter()
+    try:
+        for table in _progress(tables, len(pending), enabled=not args.no_progress):
+            store.write_part(table)
+            codes.update(c for c in table.column("error_code").to_pylist() if c is not None)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    seconds = time.perf_counter() - started
+    rate = len(pending) / seconds if pending and seconds > 0 else 0.0
+    log.info("localized %d images in %.1f s (%.1f img/s); %d could not be: %s",
+             len(pending), seconds, rate, sum(codes.values()), dict(codes) or "none")
+    if args.coco:
+        store.write_file("coco.json", json.dumps(coco_detections(store.rows(), card.labels, model=card.name)).encode())
+    failed_before = sum(1 for p in paths if done.get(p) is not None)
+    return 1 if codes or failed_before else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
