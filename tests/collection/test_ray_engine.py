@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_MODEL, Collection
+from collection_helpers import DEMO_MODEL, Collection
 
 from spa_service.collection.store import Store
 

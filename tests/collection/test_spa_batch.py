@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEMO_MODEL, Collection, write_images
+from collection_helpers import DEMO_MODEL, Collection, write_images
 from fastapi.testclient import TestClient
 from PIL import Image
 
