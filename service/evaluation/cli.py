@@ -1,10 +1,13 @@
 """`spa-eval`: evaluate an exported model on a data set with the reference's metrics.
 
     spa-eval --model-dir DIR --data DIR [--split test] [--method cam,scg] [--thresholds 0.1,0.2 ...]
+             [--wsol-protocol wsol|original] [--single-contour]
              [--batch-size B] [--out report.json] [--calibrate] [--examples N out.png]
 
-Prints a table in the paper's terms (errors, 100 - accuracy), writes accuracies to `--out`, and with
-`--calibrate` stores each method's best box threshold in the model card.
+Prints one table per protocol and direction (the paper's Loc errors; wsolevaluation's accuracies; the
+mask IoU; the error breakdown), each saying which in its header; writes the figures to `--out` under
+keys that end in _acc or _err, with the protocol of each; with `--calibrate` stores each method's best
+box threshold in the model card.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from ..settings import Settings
 from .datasets import Dataset, DatasetError, open_dataset
 from .examples import write_grid
 from .runner import Evaluation, evaluate
-from .tally import SELECTION
+from .metrics import WsolProtocol
+from .tally import PEAK_PROTOCOL, SELECTION, SPA_PROTOCOL, protocol_of
 
 log = logging.getLogger("spa_service.eval")
 
@@ -109,6 +113,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size", type=_positive, default=16, help="images per backbone call (default %(default)s)"
     )
+    parser.add_argument(
+        "--wsol-protocol",
+        choices=("wsol", "original"),
+        default="wsol",
+        help="how MaxBoxAccV2 and PxAP are scored: wsol (default), as wsolevaluation computes them on its "
+        "224 x 224 grid; original, the project's convention at the original image size",
+    )
+    parser.add_argument(
+        "--single-contour",
+        action="store_true",
+        help="MaxBoxAccV2 with the largest contour's box only (wsolevaluation's multi_contour_eval=False)",
+    )
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument("--calibrate", action="store_true", help="store each method's best threshold in the model card")
     parser.add_argument(
@@ -125,7 +141,9 @@ def sweep(requested: Sequence[float] | None, card: ModelCard, methods: Sequence[
     return sorted(values)
 
 
-def build_report(evaluation: Evaluation, card: ModelCard, dataset: Dataset, model_dir: Path) -> dict[str, Any]:
+def build_report(
+    evaluation: Evaluation, card: ModelCard, dataset: Dataset, model_dir: Path, protocol: WsolProtocol
+) -> dict[str, Any]:
     methods = {name: tally.summary() for name, tally in evaluation.tallies.items()}
     for name, summary in methods.items():
         summary["card_threshold"] = card.box_threshold[cast(Method, name)]
@@ -140,6 +158,14 @@ def build_report(evaluation: Evaluation, card: ModelCard, dataset: Dataset, mode
         },
         "box_mode": "union",
         "best_threshold_rule": SELECTION,
+        # Which protocol computed each figure (protocol_of), and what each protocol is.
+        "protocols": {"spa": SPA_PROTOCOL, protocol.name: protocol.describe(), "lid": PEAK_PROTOCOL},
+        "wsol_protocol": {
+            "name": protocol.name,
+            "multi_contour": protocol.multi_contour,
+            "cam_step": protocol.cam_step,
+        },
+        "protocol_of": protocol_of(protocol),
         "methods": methods,
     }
 
@@ -153,36 +179,60 @@ def _value(value: float | int | None, fmt: str = ".2f") -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The paper's layout: localization and classification errors, then the mask metrics and the
-    error breakdown of the top-1 prediction, one row per method."""
-    data, model = report["data"], report["model"]
+    """Four tables, one convention each (said in its header), one row per method: the paper's Loc and
+    Cls errors; MaxBoxAccV2 and PxAP; Peak-IoU; the top-1 error breakdown. Then the empty heatmaps."""
+    data, model, methods = report["data"], report["model"], report["methods"]
+    wsol = report["wsol_protocol"]["name"]
+    names = {name: METHOD_NAMES.get(name, name) for name in methods}
     lines = [
         f"{model['name']} on {data['dir']} ({data['split']} split, {data['images']} images, "
-        f"{data['with_masks']} with masks); errors in %, lower is better",
+        f"{data['with_masks']} with masks)",
+        "",
+        "Localization and classification errors in %, lower is better",
+        f"  protocol spa: {report['protocols']['spa']}",
         f"{'method':<7} {'thr':>5}  {'Top-1 Loc':>9} {'Top-5 Loc':>9} {'GT-known':>9}  "
         f"{'Top-1 Cls':>9} {'Top-5 Cls':>9}",
     ]
-    for name, s in report["methods"].items():
+    for name, s in methods.items():
         lines.append(
-            f"{METHOD_NAMES.get(name, name):<7} {_value(s['best_threshold']):>5}  {_error(s['top1_loc']):>9} "
-            f"{_error(s['top5_loc']):>9} {_error(s['gt_known_loc']):>9}  "
-            f"{_error(s['top1_cls']):>9} {_error(s['top5_cls']):>9}"
+            f"{names[name]:<7} {_value(s['best_threshold']):>5}  {_error(s['top1_loc_acc']):>9} "
+            f"{_error(s['top5_loc_acc']):>9} {_error(s['gt_known_loc_acc']):>9}  "
+            f"{_error(s['top1_cls_acc']):>9} {_error(s['top5_cls_acc']):>9}"
         )
-    lines += ["", f"{'method':<7} {'MaxBoxAccV2':>11} {'Peak-IoU':>9} {'Peak-T':>7} {'PxAP':>7}   (accuracies in %)"]
-    for name, s in report["methods"].items():
-        lines.append(
-            f"{METHOD_NAMES.get(name, name):<7} {_value(s['maxboxacc_v2']):>11} {_value(s['peak_iou']):>9} "
-            f"{_value(s['peak_t'], 'd'):>7} {_value(s['pxap']):>7}"
-        )
-    header = f"{'method':<7} {'Cls':>6} {'M-Ins':>6} {'Part':>6} {'More':>6} {'OT':>6}"
-    lines += ["", f"{header}   (top-1 errors, % of images)"]
-    for name, s in report["methods"].items():
+    lines += [
+        f"thr: the best box threshold ({report['best_threshold_rule']}); Loc figures are at it",
+        "",
+        "MaxBoxAccV2 and PxAP, accuracies in %, higher is better",
+        f"  protocol {wsol}: {report['protocols'][wsol]}",
+        f"{'method':<7} {'MaxBoxAccV2':>11} {'IoU 0.3':>8} {'IoU 0.5':>8} {'IoU 0.7':>8} {'PxAP':>7}",
+    ]
+    for name, s in methods.items():
+        per_iou = s["maxboxacc_acc"] or {}
+        accs = " ".join(f"{_value(per_iou[k]['acc'] if k in per_iou else None):>8}" for k in ("0.3", "0.5", "0.7"))
+        lines.append(f"{names[name]:<7} {_value(s['maxboxacc_v2_acc']):>11} {accs} {_value(s['pxap']):>7}")
+    lines += [
+        "",
+        "Peak-IoU in %, higher is better",
+        f"  protocol lid: {report['protocols']['lid']}",
+        f"{'method':<7} {'Peak-IoU':>9} {'Peak-T':>7}",
+    ]
+    for name, s in methods.items():
+        lines.append(f"{names[name]:<7} {_value(s['peak_iou']):>9} {_value(s['peak_t'], 'd'):>7}")
+    lines += [
+        "",
+        "Top-1 error breakdown in % of the images with boxes, lower is better (protocol spa, at thr)",
+        f"{'method':<7} {'Cls':>6} {'M-Ins':>6} {'Part':>6} {'More':>6} {'OT':>6}",
+    ]
+    for name, s in methods.items():
         e = s["errors"] or {}
-        lines.append(
-            f"{METHOD_NAMES.get(name, name):<7} "
-            + " ".join(f"{_value(e.get(k)):>6}" for k in ("cls", "mins", "part", "more", "ot"))
-        )
-    lines.append(f"thr: the best box threshold ({report['best_threshold_rule']}); Loc figures are at it")
+        kinds = " ".join(f"{_value(e.get(f'{k}_err')):>6}" for k in ("cls", "mins", "part", "more", "ot"))
+        lines.append(f"{names[name]:<7} {kinds}")
+    empty = ", ".join(f"{names[name]} {s['empty_heatmaps']}" for name, s in methods.items())
+    lines += [
+        "",
+        f"Empty heatmaps (the ground-truth class's heatmap all zero, as an all-negative class map makes it): {empty} "
+        f"of {data['images']} images",
+    ]
     return "\n".join(lines)
 
 
@@ -208,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         examples = (int(count), Path(path))
     requested = [t for group in args.thresholds for t in group] if args.thresholds else None
+    protocol = WsolProtocol(name=args.wsol_protocol, multi_contour=not args.single_contour)
     try:
         settings = Settings(model_dir=args.model_dir)
         localizer = Localizer.from_settings(settings)
@@ -222,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dataset.samples,
             methods=args.method,
             thresholds=sweep(requested, card, args.method),
+            protocol=protocol,
             batch_size=args.batch_size,
             max_pixels=settings.max_image_pixels,
             examples=examples[0] if examples else 0,
@@ -230,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelLoadError, DatasetError, ValidationError) as exc:
         print(f"spa-eval: error: {exc}".replace("\n", " "), file=sys.stderr)
         return EXIT_USAGE
-    report = build_report(evaluation, card, dataset, args.model_dir)
+    report = build_report(evaluation, card, dataset, args.model_dir, protocol)
     print(format_table(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,9 @@
 """Evaluation data sets: the CUB-200-2011 layout and the wsolevaluation metadata layout.
 
 Both give `Sample`s: an image path, the class id (0-based), ground-truth boxes (x0, y0, x1, y1)
-inclusive, and the object mask's files when the data set has them.
+inclusive, and the object mask's files when the data set has them. The same image gets the same box
+from either layout: both files give a box's end one past its last pixel (CUB as x + w, wsolevaluation's
+localization.txt as x1 = x0 + w).
 
 CUB-200-2011 (`--data` is the folder holding images.txt):
     images.txt              `<id> <path under images/>`
@@ -12,8 +14,9 @@ CUB-200-2011 (`--data` is the folder holding images.txt):
 wsolevaluation (`--data` is the folder holding image_ids.txt, or the folder above `<split>/`):
     image_ids.txt           `<image path>` relative to the image root
     class_labels.txt        `<image path>,<class, 0-based>`
-    localization.txt        `<image path>,<x0>,<y0>,<x1>,<y1>` per box, or
+    localization.txt        `<image path>,<x0>,<y0>,<x1>,<y1>` per box (x1 = x0 + w, y1 = y0 + h), or
                             `<image path>,<mask path>[,<ignore mask path>]` per mask (OpenImages style)
+Masks are read as grey levels; which levels are object is the metric protocol's choice (metrics.py).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -31,7 +34,6 @@ from ..errors import SpaError
 Box = tuple[int, int, int, int]
 Layout = Literal["cub", "wsol"]
 Split = Literal["train", "test", "all"]
-MASK_LEVEL = 128  # mask pixels >= this are object (CUB's masks are averaged over annotators: 0..255)
 
 
 class DatasetError(SpaError):
@@ -46,7 +48,7 @@ class Sample:
     class_id: int  # 0-based
     boxes: tuple[Box, ...]  # inclusive original-image pixels; empty if the data set gives only masks
     mask_paths: tuple[Path, ...] = ()  # the object mask is their union; empty if none
-    ignore_path: Path | None = None  # pixels to leave out of the mask metrics
+    ignore_path: Path | None = None  # a region to leave out of the mask metrics, where it is not object
     key: str = ""  # the image's id in the data set's files
 
     @property
@@ -128,6 +130,11 @@ def cub_box(x: float, y: float, w: float, h: float) -> Box:
     """CUB's (x, y, width, height) -> inclusive (x, y, x + w - 1, y + h - 1), rounded to pixels."""
     x0, y0 = round(x), round(y)
     return x0, y0, max(x0, round(x + w) - 1), max(y0, round(y + h) - 1)
+
+
+def wsol_box(x0: int, y0: int, x1: int, y1: int) -> Box:
+    """localization.txt's (x0, y0, x0 + w, y0 + h) -> inclusive (x0, y0, x0 + w - 1, y0 + h - 1)."""
+    return x0, y0, x1 - 1, y1 - 1
 
 
 def read_cub(root: Path, *, split: Split = "test") -> Dataset:
@@ -223,9 +230,9 @@ def read_wsol(metadata: Path, *, image_root: Path, split: str = "test") -> Datas
                 x0, y0, x1, y1 = (round(_number(v)) for v in parts[1:])
             except ValueError:
                 raise _bad(loc_file, number, line, "`<image path>,<x0>,<y0>,<x1>,<y1>` with numbers") from None
-            if x1 < x0 or y1 < y0 or x0 < 0 or y0 < 0:
+            if x1 <= x0 or y1 <= y0 or x0 < 0 or y0 < 0:
                 raise DatasetError(f"{loc_file}:{number}: box ({x0}, {y0}, {x1}, {y1}) is empty or negative")
-            boxes.setdefault(image, []).append((x0, y0, x1, y1))
+            boxes.setdefault(image, []).append(wsol_box(x0, y0, x1, y1))
         elif len(parts) in (2, 3) and parts[1]:
             masks.setdefault(image, []).append(image_root / parts[1])
             if len(parts) == 3 and parts[2]:
@@ -256,23 +263,30 @@ def read_wsol(metadata: Path, *, image_root: Path, split: str = "test") -> Datas
     return Dataset(root=metadata, layout="wsol", split=split, samples=samples)
 
 
-def _read_binary(path: Path, size: tuple[int, int]) -> np.ndarray:
+class MaskLevels(NamedTuple):
+    """A sample's masks as grey levels, each (H, W) uint8 at the image's size."""
+
+    object: np.ndarray  # the pixelwise maximum over its instance masks: their union at any level
+    ignore: np.ndarray | None  # the ignore region's; None when the sample has none
+
+
+def _read_levels(path: Path, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as image:
             if image.size != size:
                 raise DatasetError(
                     f"{path}: mask is {image.size[0]} x {image.size[1]} but its image is {size[0]} x {size[1]}"
                 )
-            return np.asarray(image.convert("L")) >= MASK_LEVEL
+            return np.asarray(image.convert("L"))
     except (OSError, UnidentifiedImageError) as exc:
         raise DatasetError(f"{path}: cannot read the mask ({exc})") from None
 
 
-def load_mask(sample: Sample, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """The sample's (H, W) bool object mask and (H, W) bool pixels to count (None: all), or None when it
-    has no mask. `size` is the image's (width, height); masks of another size are an error."""
+def load_mask(sample: Sample, size: tuple[int, int]) -> MaskLevels | None:
+    """The sample's mask grey levels, or None when it has no mask. `size` is the image's (width, height);
+    masks of another size are an error."""
     if not sample.mask_paths:
         return None
-    mask = np.logical_or.reduce([_read_binary(p, size) for p in sample.mask_paths])
-    valid = None if sample.ignore_path is None else ~_read_binary(sample.ignore_path, size)
-    return mask, valid
+    levels = np.maximum.reduce([_read_levels(p, size) for p in sample.mask_paths])
+    ignore = None if sample.ignore_path is None else _read_levels(sample.ignore_path, size)
+    return MaskLevels(object=levels, ignore=ignore)

@@ -2,7 +2,8 @@
 
 Per batch: one backbone run (`Localizer.run_backbone`), whose class scores give every image's top-5
 classes; then per method one `Localizer.postprocess` of that run for each image's ground-truth class,
-whose heatmap is what the localization metrics score.
+whose heatmap (at the original size) and map (at the class map's resolution, for the wsol protocol's
+224 x 224 grid) are what the localization metrics score.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..arrays import to_numpy
 from ..card import Method
 from ..errors import ImageError
 from ..imaging import DecodedImage, decode_image
 from ..localize import Localizer, LocalizeOptions
 from .datasets import DatasetError, Sample, load_mask
-from .metrics import as_boxes
+from .metrics import WsolProtocol, as_boxes
 from .tally import MethodTally
 
 log = logging.getLogger(__name__)
@@ -63,15 +65,15 @@ def _read_image(sample: Sample, max_pixels: int) -> DecodedImage:
 
 def _batch_maps(
     localizer: Localizer, images: Sequence[DecodedImage], labels: Sequence[int], methods: Sequence[Method], topk: int
-) -> tuple[list[list[int]], dict[Method, list[np.ndarray]]]:
+) -> tuple[list[list[int]], dict[Method, list[tuple[np.ndarray, np.ndarray]]]]:
     """Each image's top classes (best first) and, per method, the ground-truth class's (H, W) heatmap
-    per image, from one backbone run."""
+    and (h, w) map per image, from one backbone run."""
     run = localizer.run_backbone(images)
     rankings = np.argsort(-run.scores, axis=1, kind="stable")[:, :topk].tolist()
-    heatmaps: dict[Method, list[np.ndarray]] = {}
+    heatmaps: dict[Method, list[tuple[np.ndarray, np.ndarray]]] = {}
     for m in methods:
         results = localizer.postprocess(run, [LocalizeOptions(class_ids=(label,), method=m) for label in labels])
-        heatmaps[m] = [r.predictions[0].heatmap for r in results]
+        heatmaps[m] = [(r.predictions[0].heatmap, to_numpy(r.predictions[0].map)) for r in results]
     return rankings, heatmaps
 
 
@@ -84,6 +86,7 @@ def evaluate(
     batch_size: int,
     max_pixels: int,
     examples: int = 0,
+    protocol: WsolProtocol = WsolProtocol(),
     on_batch: Callable[[int], None] | None = None,
 ) -> Evaluation:
     """Stream `samples` through `localizer` and tally every method; `on_batch(n)` after each batch of n."""
@@ -95,7 +98,7 @@ def evaluate(
         )
     calls = 0
     topk = min(TOPK, num_classes)
-    tallies = {method: MethodTally(np.asarray(thresholds, dtype=np.float64)) for method in methods}
+    tallies = {method: MethodTally(np.asarray(thresholds, dtype=np.float64), protocol) for method in methods}
     keep = example_indices(len(samples), examples)
     kept: list[Example] = []
     for start in range(0, len(samples), batch_size):
@@ -107,14 +110,14 @@ def evaluate(
         calls += 1
         for method in methods:
             for i, sample in enumerate(batch):
-                mask, valid = masks[i] if masks[i] is not None else (None, None)
+                heatmap, coarse = heatmaps[method][i]
                 tallies[method].add(
                     ranking=rankings[i],
                     label=sample.class_id,
-                    heatmap=heatmaps[method][i],
+                    heatmap=heatmap,
+                    coarse_map=coarse,
                     boxes=as_boxes(sample.boxes),
-                    mask=mask,
-                    valid=valid,
+                    mask=masks[i],
                 )
         kept.extend(
             Example(
@@ -122,7 +125,7 @@ def evaluate(
                 boxes=as_boxes(batch[i].boxes),
                 label=labels[i],
                 predicted=rankings[i][0],
-                heatmaps={m: heatmaps[m][i] for m in methods},
+                heatmaps={m: heatmaps[m][i][0] for m in methods},
             )
             for i in range(len(batch))
             if start + i in keep

@@ -13,6 +13,7 @@ from PIL import Image
 from spa_service.card import load_card
 from spa_service.evaluation.cli import main
 from spa_service.evaluation.datasets import open_dataset
+from spa_service.evaluation.examples import CAPTION_HEIGHT, TILE_HEIGHT
 from spa_service.evaluation.metrics import as_boxes, box_iou
 from spa_service.evaluation.runner import evaluate
 from spa_service.imaging import decode_image
@@ -20,7 +21,10 @@ from spa_service.localize import Localizer, LocalizeOptions
 from spa_service.settings import Settings
 from spa_service.synth import SynthConfig, generate
 
-FIGURES = ("top1_cls", "top5_cls", "top1_loc", "top5_loc", "gt_known_loc", "maxboxacc_v2", "peak_iou", "pxap")
+FIGURES = (
+    "top1_cls_acc", "top5_cls_acc", "top1_loc_acc", "top5_loc_acc", "gt_known_loc_acc", "maxboxacc_v2_acc",
+    "peak_iou", "pxap",
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +45,25 @@ def test_spa_eval_end_to_end(
 
     captured = capsys.readouterr()
     assert "Top-1 Loc" in captured.out and "+SCG" in captured.out and "M-Ins" in captured.out
+    # One direction per table, said in its header, with its protocol.
+    assert "errors in %, lower is better" in captured.out and "protocol spa:" in captured.out
+    assert "accuracies in %, higher is better" in captured.out and "protocol wsol: wsolevaluation" in captured.out
+    assert "Empty heatmaps" in captured.out
     assert "18/18 images" in captured.err  # the progress lines
 
     report = json.loads(out.read_text())
     assert report["data"]["images"] == 18 and report["data"]["with_masks"] == 18
     assert set(report["methods"]) == {"cam", "scg"}
+    assert report["wsol_protocol"] == {"name": "wsol", "multi_contour": True, "cam_step": 0.001}
+    assert report["protocol_of"]["maxboxacc_v2_acc"] == "wsol" and report["protocol_of"]["gt_known_loc_acc"] == "spa"
+    assert set(report["protocols"]) == {"spa", "wsol", "lid"}
     for summary in report["methods"].values():
         for key in FIGURES:
             assert 0.0 <= summary[key] <= 100.0, key
         assert 0 <= summary["peak_t"] <= 255
-        assert set(summary["errors"]) == {"cls", "mins", "part", "more", "ot"}
-        assert sum(summary["errors"].values()) == pytest.approx(100.0 - summary["top1_loc"], abs=1e-3)
+        assert set(summary["errors"]) == {"cls_err", "mins_err", "part_err", "more_err", "ot_err"}
+        assert sum(summary["errors"].values()) == pytest.approx(100.0 - summary["top1_loc_acc"], abs=1e-3)
+        assert 0 <= summary["empty_heatmaps"] <= 18
         thresholds = [p["threshold"] for p in summary["per_threshold"]]
         assert summary["best_threshold"] in thresholds and summary["card_threshold"] in thresholds
         assert thresholds == sorted(thresholds) and len(thresholds) >= 19
@@ -59,7 +71,7 @@ def test_spa_eval_end_to_end(
     card, _ = load_card(model)  # the ONNX sha256 still checks out
     assert card.box_threshold == {m: report["methods"][m]["best_threshold"] for m in ("cam", "scg")}
     with Image.open(grid) as image:
-        assert image.height == 3 * (160 + 4) and image.width > 3 * 160
+        assert image.height == 3 * (CAPTION_HEIGHT + TILE_HEIGHT + 4) and image.width > 3 * TILE_HEIGHT
 
 
 def test_report_matches_the_service(tiny_model_dir: Path, synth_data: Path) -> None:

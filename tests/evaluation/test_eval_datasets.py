@@ -98,8 +98,9 @@ def test_wsol_layout_in_a_split_folder(tmp_path: Path) -> None:
     data = open_dataset(tmp_path / "meta", split="test", image_root=tmp_path / "images")
     assert data.layout == "wsol" and data.mask_count == 1
     a, b, c = data.samples
-    assert a == Sample(tmp_path / "images" / "test/a.jpg", 0, ((1, 2, 30, 40), (50, 50, 60, 61)), (), None, "test/a.jpg")
-    assert b.class_id == 3 and b.boxes == ((4, 5, 6, 7),)
+    # x0, y0, x0 + w, y0 + h in the file; inclusive here, as the CUB reader gives them.
+    assert a == Sample(tmp_path / "images" / "test/a.jpg", 0, ((1, 2, 29, 39), (50, 50, 59, 60)), (), None, "test/a.jpg")
+    assert b.class_id == 3 and b.boxes == ((4, 5, 5, 6),)
     assert c.boxes == () and c.mask_paths == (tmp_path / "images/masks/c_0.png", tmp_path / "images/masks/c_1.png")
     assert c.ignore_path == tmp_path / "images/masks/c_ignore.png"
 
@@ -110,6 +111,7 @@ def test_wsol_layout_in_a_split_folder(tmp_path: Path) -> None:
         ("localization.txt", "test/a.jpg,1,2,30\n", "localization.txt:1: expected"),
         ("localization.txt", "test/a.jpg,1,2,30,x\n", "localization.txt:1: expected .* with numbers"),
         ("localization.txt", "test/a.jpg,9,2,3,40\n", "localization.txt:1: box .* is empty"),
+        ("localization.txt", "test/a.jpg,3,2,3,40\n", "localization.txt:1: box .* is empty"),  # w = 0
         ("localization.txt", "test/z.jpg,1,2,3,4\n", "localization.txt:1: test/z.jpg is not in"),
         ("localization.txt", "test/a.jpg,1,2,3,4\n", "no box and no mask for test/b.jpg"),
         ("class_labels.txt", "test/a.jpg,0\ntest/b.jpg,three\n", "class_labels.txt:2: expected"),
@@ -131,12 +133,12 @@ def test_neither_layout(tmp_path: Path) -> None:
         open_dataset(tmp_path / "nope")
 
 
-def test_load_mask_union_ignore_and_size(tmp_path: Path) -> None:
+def test_load_mask_levels_union_and_size(tmp_path: Path) -> None:
     first = np.zeros((3, 4), np.uint8)
     first[0, 0] = 255
     second = np.zeros((3, 4), np.uint8)
     second[2, 3] = 200
-    second[1, 1] = 100  # below the 128 cut: background
+    second[1, 1] = 100
     ignore = np.zeros((3, 4), np.uint8)
     ignore[0, 1] = 255
     for name, pixels in (("m0.png", first), ("m1.png", second), ("ig.png", ignore)):
@@ -144,9 +146,9 @@ def test_load_mask_union_ignore_and_size(tmp_path: Path) -> None:
     sample = Sample(tmp_path / "x.jpg", 0, (), (tmp_path / "m0.png", tmp_path / "m1.png"), tmp_path / "ig.png")
     loaded = load_mask(sample, (4, 3))
     assert loaded is not None
-    mask, valid = loaded
-    assert mask.tolist() == [[True, False, False, False], [False] * 4, [False, False, False, True]]
-    assert valid is not None and (~valid).sum() == 1 and not valid[0, 1]
+    # The pixelwise maximum: the union of the instances at any level the protocol picks.
+    assert loaded.object.tolist() == [[255, 0, 0, 0], [0, 100, 0, 0], [0, 0, 0, 200]]
+    assert loaded.ignore is not None and loaded.ignore.tolist() == ignore.tolist()
     assert load_mask(Sample(tmp_path / "x.jpg", 0, ((0, 0, 1, 1),)), (4, 3)) is None
     with pytest.raises(DatasetError, match=r"m0.png: mask is 4 x 3 but its image is 5 x 3"):
         load_mask(sample, (5, 3))

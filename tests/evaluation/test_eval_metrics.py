@@ -1,4 +1,5 @@
-"""Metric functions against hand-computed cases (SPA_REFERENCE.md section 5)."""
+"""Metric functions against hand-computed cases (docs/reference.md, "Metrics"); the wsol protocol's own
+conventions are in test_wsol_protocol.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from spa_service.boxes import component_boxes, union_boxes
 from spa_service.evaluation import metrics as m
+from spa_service.evaluation.datasets import MaskLevels
 from spa_service.evaluation.tally import MethodTally
 
 
@@ -104,7 +106,9 @@ def test_union_boxes_over_thresholds() -> None:
             np.testing.assert_array_equal(m.union_boxes_over_thresholds(heat, [t])[0], union_boxes(heat[None], t)[0])
 
 
-# --- MaxBoxAccV2 ---------------------------------------------------------------------------------------
+# --- MaxBoxAccV2, original protocol ---------------------------------------------------------------------
+
+ORIGINAL = m.WsolProtocol(name="original")
 
 
 def test_contour_boxes_hold_components_and_holes() -> None:
@@ -129,36 +133,40 @@ def test_max_box_acc_counts_any_component() -> None:
     heatmap = np.zeros((20, 20), dtype=np.float32)
     heatmap[5:10, 5:10] = 1.0  # the object
     heatmap[12:18, 12:18] = 0.5  # a distractor: the union box over both would fail
-    hits = m.max_box_acc_hits(heatmap, np.array([[5, 5, 9, 9]]))
+    hits = m.original_box_hits(heatmap, np.array([[5, 5, 9, 9]]), ORIGINAL.cam_thresholds())
     assert hits.shape == (100, 3)
     # t = 0 keeps the whole image (IoU 25 / 400); every other threshold has the object's own box.
     assert not hits[0].any()
     assert hits[1:].all()
     union = m.union_boxes_over_thresholds(heatmap, [0.3])
     assert m.box_iou(union, np.array([[5, 5, 9, 9]]))[0, 0] < 0.5
+    # The largest contour alone is the distractor's until 0.5 drops it.
+    single = m.original_box_hits(heatmap, np.array([[5, 5, 9, 9]]), np.array([0.3, 0.6]), multi_contour=False)
+    np.testing.assert_array_equal(single, [[False] * 3, [True] * 3])
 
 
 def test_max_box_acc_iou_thresholds() -> None:
     heatmap = np.zeros((10, 10), dtype=np.float32)
     heatmap[0:10, 0:6] = 1.0  # box (0, 0, 5, 9): IoU 0.6 with the ground truth (0, 0, 9, 9)
-    hits = m.max_box_acc_hits(heatmap, np.array([[0, 0, 9, 9]]), thresholds=np.array([0.5]))
+    hits = m.original_box_hits(heatmap, np.array([[0, 0, 9, 9]]), np.array([0.5]))
     np.testing.assert_array_equal(hits, [[True, True, False]])
     # IoU >= delta (Choe et al.): exactly 0.5 counts.
     heatmap[:, 5] = 0.0
-    hits = m.max_box_acc_hits(heatmap, np.array([[0, 0, 9, 9]]), thresholds=np.array([0.5]))
+    hits = m.original_box_hits(heatmap, np.array([[0, 0, 9, 9]]), np.array([0.5]))
     np.testing.assert_array_equal(hits, [[True, True, False]])
 
 
 def test_maxboxacc_v2_over_images() -> None:
-    tally = MethodTally(np.array([0.5]))
+    tally = MethodTally(np.array([0.5]), protocol=ORIGINAL)
     good = np.zeros((20, 20), dtype=np.float32)
     good[5:10, 5:10] = 1.0
     tally.add(ranking=[0], label=0, heatmap=good, boxes=np.array([[5, 5, 9, 9]]))
     tally.add(ranking=[0], label=0, heatmap=np.zeros((20, 20), dtype=np.float32), boxes=np.array([[5, 5, 9, 9]]))
     summary = tally.summary()
     # One image of two hits every IoU threshold; the empty map never does.
-    assert summary["maxboxacc_v2"] == 50.0
-    assert summary["maxboxacc"]["0.7"] == {"acc": 50.0, "threshold": 0.01}
+    assert summary["maxboxacc_v2_acc"] == 50.0
+    assert summary["maxboxacc_acc"]["0.7"] == {"acc": 50.0, "cam_threshold": 0.01}
+    assert summary["empty_heatmaps"] == 1
 
 
 # --- Peak-IoU ------------------------------------------------------------------------------------------
@@ -186,42 +194,97 @@ def test_mask_iou_curve_ignores_pixels() -> None:
 
 
 def test_peak_iou_is_the_peak_of_the_mean_curve() -> None:
-    tally = MethodTally(np.array([0.5]))
-    mask = np.array([[1, 1, 0], [1, 0, 0]], dtype=bool)
-    tally.add(ranking=[0], label=0, heatmap=np.array([[1.0, 0.5, 0.0], [0.8, 0.2, 0.0]]), boxes=np.zeros((0, 4)), mask=mask)
-    tally.add(ranking=[0], label=0, heatmap=np.array([[1.0, 1.0, 0.2], [1.0, 0.2, 0.2]]), boxes=np.zeros((0, 4)), mask=mask)
+    tally = MethodTally(np.array([0.5]), protocol=ORIGINAL)
+    levels = MaskLevels(object=np.array([[255, 255, 0], [255, 0, 0]], dtype=np.uint8), ignore=None)
+    for heat in ([[1.0, 0.5, 0.0], [0.8, 0.2, 0.0]], [[1.0, 1.0, 0.2], [1.0, 0.2, 0.2]]):
+        tally.add(ranking=[0], label=0, heatmap=np.array(heat), boxes=np.zeros((0, 4)), mask=levels)
     summary = tally.summary()
     # Second image: IoU 0.5 for T <= 51, 1 above; mean peaks at 1.0 over T 52..127.
     assert summary["peak_iou"] == 100.0
     assert summary["peak_t"] == 52
-    assert summary["top1_loc"] is None and summary["box_images"] == 0
+    assert summary["top1_loc_acc"] is None and summary["box_images"] == 0
+
+
+def test_peak_iou_counts_object_pixels_inside_the_ignore_region() -> None:
+    # Ignore covers pixels 1 and 2; pixel 1 is object, so only pixel 2 is left out.
+    obj = np.array([[255, 255, 0, 0]], dtype=np.uint8)
+    ignore = np.array([[0, 255, 255, 0]], dtype=np.uint8)
+    mask, counted = m.mask_regions(obj, ignore, m.MASK_LEVEL)
+    assert counted.tolist() == [[True, True, False, True]]
+    curve = m.mask_iou_curve(np.array([[1.0, 0.0, 1.0, 0.0]]), mask, counted)
+    assert curve[200] == pytest.approx(1 / 2)  # pixel 0 of the object's two; pixel 2 does not count
 
 
 # --- PxAP ----------------------------------------------------------------------------------------------
+
+EDGES = m.WsolProtocol().pxap_edges()
+
+
+def pxap(heatmap: list[float], obj: list[int], ignore: list[int] | None = None) -> float:
+    """PxAP of a one-row image: object and ignore flags per pixel, as wsolevaluation reads grey levels."""
+    levels = np.array([obj], dtype=np.uint8) * 255
+    ignore_levels = None if ignore is None else np.array([ignore], dtype=np.uint8) * 255
+    mask, counted = m.mask_regions(levels, ignore_levels, 1)
+    return m.average_precision(*m.pixel_histograms(np.array([heatmap]), mask, counted, EDGES))
 
 
 def test_pxap_hand_computed() -> None:
     heatmap = np.array([[0.9, 0.7, 0.4, 0.1]])
     mask = np.array([[True, False, True, False]])
-    pos, neg = m.pixel_histograms(heatmap, mask)
-    assert pos.sum() == 2 and neg.sum() == 2 and pos[900] == 1 and neg[700] == 1
+    pos, neg = m.pixel_histograms(heatmap, mask, np.ones_like(mask), EDGES)
+    # np.arange's edge 700 is 0.7000000000000001, above 0.7: the bins are the edges wsolevaluation builds.
+    assert EDGES[700] > 0.7
+    assert pos.sum() == 2 and neg.sum() == 2 and pos[900] == 1 and neg[699] == 1
     # Ranked +, -, +, -: precision 1 at recall 0.5, 2/3 at recall 1 -> (1 + 2/3) / 2.
     assert m.average_precision(pos, neg) == pytest.approx(5 / 6)
 
 
+def test_pxap_ignores_only_the_ignore_region_outside_the_object() -> None:
+    # The issue's case: the ignore region [0 1 1 0] overlaps the object [1 1 0 0]. Only pixel 2 (0.5,
+    # background) is left out; pixel 1 (0.2) is object and counts. Ranked 0.9 +, 0.6 -, 0.2 +:
+    # precision 1 at recall 1/2, then 2/3 at recall 1 -> 1/2 + 1/3.
+    assert pxap([0.9, 0.2, 0.5, 0.6], [1, 1, 0, 0], [0, 1, 1, 0]) == pytest.approx(5 / 6)
+    # Leaving out the whole ignore region (object pixel 1 too) would leave 0.9 +, 0.6 -: 100%.
+    assert pxap([0.9, 0.6], [1, 0]) == pytest.approx(1.0)
+
+
+def test_pxap_gives_exactly_one_its_own_bin() -> None:
+    # 1.0 falls in [1, 2), above 0.9995's bin [0.999, 1): ranked 1.0 +, 0.9995 -, 0.2 +, 0.1 -:
+    # 1 * 1/2 + 2/3 * 1/2. (Sharing the top bin with 0.9995 would give 1/2 * 1/2 + 2/3 * 1/2 = 58.33%.)
+    # The issue text has the two figures the other way round; this is what wsolevaluation's bins give.
+    assert pxap([1.0, 0.9995, 0.2, 0.1], [1, 0, 1, 0]) == pytest.approx(5 / 6)
+    pos, neg = m.pixel_histograms(np.array([[1.0, 0.9995]]), np.array([[True, False]]), np.ones((1, 2), bool), EDGES)
+    assert len(pos) == 1002 and pos[1000] == 1 and neg[999] == 1
+
+
 def test_pxap_extremes() -> None:
-    mask = np.array([[True, True, False, False]])
-    perfect = m.pixel_histograms(np.array([[0.9, 0.8, 0.2, 0.1]]), mask)
-    assert m.average_precision(*perfect) == pytest.approx(1.0)
-    flat = m.pixel_histograms(np.full((1, 4), 0.5), mask)
-    assert m.average_precision(*flat) == pytest.approx(0.5)  # the object's share of the pixels
+    assert pxap([0.9, 0.8, 0.2, 0.1], [1, 1, 0, 0]) == pytest.approx(1.0)
+    assert pxap([0.5] * 4, [1, 1, 0, 0]) == pytest.approx(0.5)  # the object's share of the pixels
     assert m.average_precision(np.zeros(10, np.int64), np.ones(10, np.int64)) == 0.0
 
 
+def test_pxap_against_a_loop_over_thresholds() -> None:
+    """sum over edges e (descending) of precision(>= e) times the recall it adds, one edge at a time."""
+    rng = np.random.default_rng(5)
+    scores = np.round(rng.random(400), 3)  # many ties with the edges themselves
+    scores[:7] = 1.0
+    obj = rng.random(400) < 0.4
+    expected, last_recall = 0.0, 0.0
+    for e in EDGES[::-1]:
+        picked = scores >= e
+        if picked.any():
+            recall = (picked & obj).sum() / obj.sum()
+            expected += (picked & obj).sum() / picked.sum() * (recall - last_recall)
+            last_recall = recall
+    got = m.average_precision(*m.pixel_histograms(scores[None], obj[None], np.ones((1, 400), bool), EDGES))
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
 def test_pxap_sums_over_images() -> None:
-    tally = MethodTally(np.array([0.5]))
-    tally.add(ranking=[0], label=0, heatmap=np.array([[0.9, 0.7]]), boxes=np.zeros((0, 4)), mask=np.array([[True, False]]))
-    tally.add(ranking=[0], label=0, heatmap=np.array([[0.4, 0.1]]), boxes=np.zeros((0, 4)), mask=np.array([[True, False]]))
+    tally = MethodTally(np.array([0.5]), protocol=ORIGINAL)
+    for heat, obj in (([[0.9, 0.7]], [[255, 0]]), ([[0.4, 0.1]], [[255, 0]])):
+        levels = MaskLevels(object=np.array(obj, dtype=np.uint8), ignore=None)
+        tally.add(ranking=[0], label=0, heatmap=np.array(heat), boxes=np.zeros((0, 4)), mask=levels)
     assert tally.summary()["pxap"] == pytest.approx(100 * 5 / 6, abs=1e-3)
 
 
@@ -237,31 +300,31 @@ def _box_map(box: tuple[int, int, int, int], value: float = 1.0) -> np.ndarray:
 
 def test_tally_top1_top5_and_gt_known() -> None:
     gt = np.array([[2, 2, 11, 11]])
-    tally = MethodTally(np.array([0.2, 0.6]))
+    tally = MethodTally(np.array([0.2, 0.6]), protocol=ORIGINAL)
     tally.add(ranking=[1, 0, 2], label=1, heatmap=_box_map((2, 2, 11, 11)), boxes=gt)  # all right
     tally.add(ranking=[0, 1, 2], label=1, heatmap=_box_map((2, 2, 11, 11)), boxes=gt)  # class in top 5 only
     tally.add(ranking=[1, 0, 2], label=1, heatmap=_box_map((2, 2, 5, 5), 0.5), boxes=gt)  # a part, below 0.6
     s = tally.summary()
-    assert s["top1_cls"] == pytest.approx(200 / 3, abs=1e-3) and s["top5_cls"] == 100.0
+    assert s["top1_cls_acc"] == pytest.approx(200 / 3, abs=1e-3) and s["top5_cls_acc"] == 100.0
     per = {p["threshold"]: p for p in s["per_threshold"]}
-    assert per[0.2]["gt_known_loc"] == pytest.approx(200 / 3, abs=1e-3)  # image 3's part box fails
-    assert per[0.2]["top1_loc"] == pytest.approx(100 / 3, abs=1e-3)
-    assert per[0.2]["top5_loc"] == pytest.approx(200 / 3, abs=1e-3)
-    assert per[0.6]["gt_known_loc"] == pytest.approx(200 / 3, abs=1e-3)  # image 3 has no box: (0,0,0,0)
+    assert per[0.2]["gt_known_loc_acc"] == pytest.approx(200 / 3, abs=1e-3)  # image 3's part box fails
+    assert per[0.2]["top1_loc_acc"] == pytest.approx(100 / 3, abs=1e-3)
+    assert per[0.2]["top5_loc_acc"] == pytest.approx(200 / 3, abs=1e-3)
+    assert per[0.6]["gt_known_loc_acc"] == pytest.approx(200 / 3, abs=1e-3)  # image 3 has no box: (0,0,0,0)
     # Equal GT-known and Top-1 Loc: the lower threshold.
     assert s["best_threshold"] == 0.2
-    assert s["errors"] == {"cls": pytest.approx(100 / 3, abs=1e-3), "mins": 0.0,
-                           "part": pytest.approx(100 / 3, abs=1e-3), "more": 0.0, "ot": 0.0}
-    assert sum(s["errors"].values()) == pytest.approx(100 - s["top1_loc"], abs=1e-3)
+    assert s["errors"] == {"cls_err": pytest.approx(100 / 3, abs=1e-3), "mins_err": 0.0,
+                           "part_err": pytest.approx(100 / 3, abs=1e-3), "more_err": 0.0, "ot_err": 0.0}
+    assert sum(s["errors"].values()) == pytest.approx(100 - s["top1_loc_acc"], abs=1e-3)
 
 
 def test_best_threshold_prefers_gt_known() -> None:
     gt = np.array([[2, 2, 11, 11]])
-    tally = MethodTally(np.array([0.3, 0.7]))
+    tally = MethodTally(np.array([0.3, 0.7]), protocol=ORIGINAL)
     heat = _box_map((2, 2, 11, 11), 0.5)
     heat[2:12, 12:19] = 0.2  # a spill right of the box, below 0.3; 0.7 keeps nothing of this map
     tally.add(ranking=[0], label=0, heatmap=_box_map((2, 2, 11, 11), 0.8), boxes=gt)
     tally.add(ranking=[1], label=0, heatmap=heat, boxes=gt)
     s = tally.summary()
     # 0.3: both boxes right (the spill is below it); 0.7: only the first image's.
-    assert s["best_threshold"] == 0.3 and s["gt_known_loc"] == 100.0 and s["top1_loc"] == 50.0
+    assert s["best_threshold"] == 0.3 and s["gt_known_loc_acc"] == 100.0 and s["top1_loc_acc"] == 50.0

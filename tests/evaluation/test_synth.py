@@ -50,7 +50,7 @@ def test_boxes_are_the_masks_components(tmp_path: Path) -> None:
         assert max(height, width) == 128 and min(height, width) >= round(0.7 * 128)
         loaded = load_mask(sample, (width, height))
         assert loaded is not None
-        mask = loaded[0]
+        mask = loaded.object >= 128
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
         components = {(x, y, x + w - 1, y + h - 1) for x, y, w, h in stats[1:count, :4].tolist()}
         assert set(sample.boxes) == components  # one bird, one connected silhouette, one box
