@@ -112,7 +112,12 @@ def test_errors_are_one_line(tmp_path: Path, tiny_model_dir: Path, capsys: pytes
 def test_thresholds_argument(tmp_path: Path, tiny_model_dir: Path, synth_data: Path) -> None:
     out = tmp_path / "r.json"
     args = ["--model-dir", str(tiny_model_dir), "--data", str(synth_data), "--method", "cam"]
-    assert main([*args, "--thresholds", "0.3,0.1", "0.5", "--out", str(out)]) == 0
-    summary = json.loads(out.read_text())["methods"]["cam"]
+    protocol = ["--wsol-protocol", "original", "--single-contour"]
+    assert main([*args, "--thresholds", "0.3,0.1", "0.5", *protocol, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["wsol_protocol"] == {"name": "original", "multi_contour": False, "cam_step": 0.01}
+    assert report["protocol_of"]["pxap"] == "original" and "original" in report["protocols"]
+    summary = report["methods"]["cam"]
+    assert all(round(v["cam_threshold"] * 100, 6).is_integer() for v in summary["maxboxacc_acc"].values())
     assert [p["threshold"] for p in summary["per_threshold"]] == [0.1, 0.3, 0.5]
     assert np.isclose(summary["best_threshold"], [0.1, 0.3, 0.5]).any()
