@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         max_bytes=settings.max_body_bytes,
         gap_s=settings.body_timeout_s,
         deadline_s=settings.body_deadline_s,
+        drain_deadline=service.body_deadline,
     )
     if settings.api_key is not None:
         app.add_middleware(

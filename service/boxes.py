@@ -56,7 +56,9 @@ def component_boxes(heatmap: Array, threshold: float, mode: Literal["largest", "
 
 
 def _mask_component_boxes(mask: np.ndarray, mode: Literal["largest", "all"]) -> list[Box]:
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    # 16-bit labels halve the label image of a large mask; a heatmap resized from an h x w map
+    # has O(h * w) components, far below 65,535.
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_16U)
     if count <= 1:
         return []
     stats = stats[1:]  # label 0 is the background

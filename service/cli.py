@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from threadpoolctl import threadpool_limits
 
 from .app import create_app
+from .connections import head_deadline_protocol
 from .errors import ModelLoadError
 from .localize import Localizer
 from .serving import Service
@@ -109,6 +110,9 @@ def serve(argv: list[str] | None = None) -> None:
         log_config=None,  # logging is configured above; uvicorn's records propagate to it
         access_log=False,  # the app logs one structured line per request instead
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        timeout_keep_alive=settings.keep_alive_s,
+        limit_concurrency=settings.max_connections,
+        http=head_deadline_protocol(settings.head_timeout_s),
         lifespan="on",
     )
     server = _DrainingServer(config, app.state.service)

@@ -46,6 +46,10 @@ class Metrics:
         self.requests = Counter(
             "spa_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
         )
+        self.in_progress = Gauge(
+            "spa_requests_in_progress", "HTTP requests begun and not yet answered, by route", ["route"],
+            registry=self.registry,
+        )
         self.request_seconds = Histogram(
             "spa_request_duration_seconds", "HTTP request latency", ["route"],
             buckets=LATENCY_BUCKETS, registry=self.registry,
@@ -115,6 +119,8 @@ class ObserveRequests:
         started = time.perf_counter()
         state = scope.setdefault("state", {})
         status = CLIENT_CLOSED
+        in_progress = self.metrics.in_progress.labels(route_label(scope, self.routes))
+        in_progress.inc()
 
         async def send_observed(message: Message) -> None:
             nonlocal status
@@ -133,6 +139,7 @@ class ObserveRequests:
                 response = JSONResponse(error_content("internal_error", "internal server error"), status_code=500)
                 await response(scope, receive, send)
         finally:
+            in_progress.dec()
             self._record(scope, state, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, state: Mapping[str, object], status: int, seconds: float) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .http_errors import closing_error, error_response
 
 API_KEY_HEADER = "X-API-Key"
+POLL_S = 0.25  # how soon a body being waited for notices that a drain has begun
 
 
 class BodyLimit:
@@ -22,24 +23,53 @@ class BodyLimit:
     413 for a declared Content-Length over the limit, before reading anything; otherwise body
     bytes are counted as they arrive and 413 is answered the moment the limit is passed. A body
     that stalls for `gap_s` between chunks, or is still arriving `deadline_s` after the request
-    started, gets 408, so a slow or stuck client cannot hold a request open forever. After either
-    answer the app sees a disconnect, and whatever it sends afterwards is dropped.
+    started, gets 408, so a slow or stuck client cannot hold a request open forever. Once a drain
+    has begun, `drain_deadline()` (a monotonic time) also bounds it, and a body still arriving then
+    gets the JSON 503 `shutting_down` before the server's own shutdown timeout would cut it off.
+    After any of these answers the app sees a disconnect, and whatever it sends afterwards is dropped.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, gap_s: float, deadline_s: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        gap_s: float,
+        deadline_s: float,
+        drain_deadline: Callable[[], float | None] = lambda: None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.gap_s = gap_s
         self.deadline_s = deadline_s
+        self.drain_deadline = drain_deadline
 
     def _too_large(self) -> JSONResponse:
         return closing_error(413, "body_too_large", f"request body is over the limit of {self.max_bytes:,} bytes")
 
-    def _stalled(self) -> JSONResponse:
-        return closing_error(408, "body_timeout", f"no request body data for {self.gap_s:g} s")
+    def _late(self, reason: str) -> JSONResponse:
+        if reason == "gap":
+            return closing_error(408, "body_timeout", f"no request body data for {self.gap_s:g} s")
+        if reason == "deadline":
+            return closing_error(408, "body_timeout", f"request body not complete within {self.deadline_s:g} s")
+        return closing_error(503, "shutting_down", "the server is shutting down and the body had not arrived")
 
-    def _too_slow(self) -> JSONResponse:
-        return closing_error(408, "body_timeout", f"request body not complete within {self.deadline_s:g} s")
+    async def _next(self, receive: Receive, deadline: float) -> Message | str:
+        """The next message, or why waiting for it ended: "gap", "deadline" or "drain"."""
+        pending = asyncio.ensure_future(receive())
+        gap_end = time.monotonic() + self.gap_s
+        while True:
+            drain = self.drain_deadline()
+            ends = {"gap": gap_end, "deadline": deadline} | ({"drain": drain} if drain is not None else {})
+            reason, end = min(ends.items(), key=lambda item: item[1])
+            # Wake at least every POLL_S while no drain is known, to notice one beginning.
+            wait = end - time.monotonic() if drain is not None else min(end - time.monotonic(), POLL_S)
+            done, _ = await asyncio.wait({pending}, timeout=max(0.0, wait))
+            if done:
+                return pending.result()
+            if time.monotonic() >= end:
+                pending.cancel()
+                return reason
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,11 +97,9 @@ class BodyLimit:
                 return {"type": "http.disconnect"}
             if complete:  # later calls only wait for a disconnect: no time limit on those
                 return await receive()
-            left = deadline - time.monotonic()
-            try:
-                message = await asyncio.wait_for(receive(), max(0.0, min(self.gap_s, left)))
-            except TimeoutError:
-                return await refuse(self._stalled() if left > self.gap_s else self._too_slow())
+            message = await self._next(receive, deadline)
+            if isinstance(message, str):
+                return await refuse(self._late(message))
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 complete = not message.get("more_body", False)

@@ -28,6 +28,8 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+DRAIN_MARGIN_S = 2.0  # answered this long before the shutdown timeout: time to write the 503
+
 
 @dataclass
 class Processed:
@@ -48,6 +50,7 @@ class Service:
         self.not_ready_reason = "warming up"
         self._cpu: anyio.CapacityLimiter | None = None
         self._warmup: asyncio.Task[None] | None = None
+        self._drain_started: float | None = None  # time.monotonic() when the drain began
 
     async def start(self, localizer: Localizer) -> None:
         """Start serving; readiness follows once the warm-up inference is done."""
@@ -78,9 +81,20 @@ class Service:
 
     def begin_shutdown(self) -> None:
         """Readiness goes false first, so load balancers stop sending before anything stops."""
+        if self._drain_started is None:
+            self._drain_started = time.monotonic()
+            log.info("shutting down: readiness off, draining the requests in flight")
         self.ready = False
         self.not_ready_reason = "shutting down"
         self.metrics.ready.set(0)
+
+    def body_deadline(self) -> float | None:
+        """Once draining: by when request bodies must have arrived, a margin before the shutdown
+        timeout ends, so a stalled upload is answered (503 shutting_down) rather than cut off."""
+        if self._drain_started is None:
+            return None
+        timeout = self.settings.shutdown_timeout_s
+        return self._drain_started + max(timeout / 2, timeout - DRAIN_MARGIN_S)
 
     async def stop(self) -> None:
         self.begin_shutdown()

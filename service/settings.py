@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address spa-serve listens on (0.0.0.0 in a container)")
     port: int = Field(8000, ge=0, le=65535, description="Port spa-serve listens on")
     shutdown_timeout_s: float = Field(30.0, gt=0.0, description="How long shutdown waits for requests in flight")
+    head_timeout_s: float = Field(
+        10.0, gt=0.0, description="Longest time a connection may take to send a request's headers (then closed)"
+    )
+    keep_alive_s: float = Field(5.0, gt=0.0, description="How long an idle keep-alive connection is kept open")
+    max_connections: int = Field(
+        512, ge=1, description="Most concurrent connections; above it uvicorn answers a plain-text 503"
+    )
 
     @field_validator("cors_origins", "api_key_paths", mode="before")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -43,6 +43,14 @@ def reference(localizer: Localizer, data: bytes, options: LocalizeOptions = Loca
     """What the Localizer itself says for these bytes, outside the HTTP layer."""
     decoded = decode_image(data, max_pixels=Settings().max_image_pixels)
     return localizer.localize([decoded], [options])[0]
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Wait, polling the event loop, until `condition()` holds; fail after `timeout_s`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.002)
 
 
 async def wait_ready(client: httpx.AsyncClient, timeout_s: float = 30.0) -> None:

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from service_helpers import make_image, png_from_data_uri, reference, serving
+from service_helpers import make_image, png_from_data_uri, reference, serving, until, wait_ready
 
 from spa_service.app import create_app
 from spa_service.imaging import DecodedImage, heatmap_to_uint8
@@ -23,15 +23,24 @@ pytestmark = pytest.mark.anyio
 class SlowLocalizer:
     """The real Localizer, slowed down by `delay_s` per backbone call, its warm-up held by `gate`."""
 
-    def __init__(self, inner: Localizer, delay_s: float = 0.0, gate: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        inner: Localizer,
+        delay_s: float = 0.0,
+        gate: threading.Event | None = None,
+        batch_gate: threading.Event | None = None,
+    ) -> None:
         self.inner = inner
         self.delay_s = delay_s
         self.gate = gate
+        self.batch_gate = batch_gate  # holds every batch until set
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
     def localize(self, images: Sequence[DecodedImage], options: Sequence[LocalizeOptions]) -> list[Localization]:
+        if self.batch_gate is not None:
+            assert self.batch_gate.wait(30)
         time.sleep(self.delay_s)
         return self.inner.localize(images, options)
 
@@ -57,12 +66,17 @@ async def test_parallel_requests_are_batched_and_match_single_requests(settings_
     options = LocalizeOptions(topk=2)
     expected = [reference(localizer, data, options) for data in images]
 
-    app = create_app(settings, localizer)
+    # The first batch is held until 8 more images wait, so batching does not depend on timing.
+    held = threading.Event()
+    app = create_app(settings, SlowLocalizer(localizer, batch_gate=held))
     async with serving(app) as client:
         before = samples((await client.get("/metrics")).text)
-        responses = await asyncio.gather(
+        requests = asyncio.gather(
             *(client.post("/v1/localize", params={"topk": 2}, files={"image": ("i", data)}) for data in images)
         )
+        await until(lambda: app.state.service.batcher.queue_depth >= 8)
+        held.set()
+        responses = await requests
         after = samples((await client.get("/metrics")).text)
 
     for response, want in zip(responses, expected, strict=True):
@@ -133,14 +147,12 @@ async def test_shutdown_turns_readiness_off_first_and_drains(settings_for) -> No
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as client:
         async with app.router.lifespan_context(app):
-            while (await client.get("/readyz")).status_code != 200:
-                await asyncio.sleep(0.01)
+            await wait_ready(client)
             in_flight = [
                 asyncio.create_task(client.post("/v1/localize", files={"image": ("i", make_image(i))}))
                 for i in range(3)
             ]
-            while service.batcher.queue_depth < 2:  # one running, two waiting
-                await asyncio.sleep(0.005)
+            await until(lambda: service.batcher.queue_depth >= 2)  # one running, two waiting
             service.begin_shutdown()  # what SIGTERM does first
             assert (await client.get("/readyz")).json()["error"]["message"] == "shutting down"
         # The lifespan has ended: everything that was queued went through the model and is answered.

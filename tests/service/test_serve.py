@@ -98,6 +98,17 @@ def test_one_structured_log_line_per_request(server: Server) -> None:
         assert field in line
 
 
+def wait_for(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.02)
+
+
+def metrics_text(server: Server) -> str:
+    return httpx.get(f"{server.url}/metrics", timeout=10).text
+
+
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = make_image(42, (120, 90), "PNG")
     head = (
@@ -110,9 +121,9 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny_model_dir: Path
         def sigterm_midway() -> bytes:
             with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
                 sock.sendall(head + data[:half])
-                time.sleep(1.0)  # the server has read the head: the request is in flight
+                wait_for(lambda: 'spa_requests_in_progress{route="/v1/localize"} 1.0' in metrics_text(server))
                 server.process.send_signal(signal.SIGTERM)
-                time.sleep(0.5)
+                wait_for(lambda: "shutting down" in server.log())  # the drain has begun
                 sock.sendall(data[half:])
                 received = b""
                 while chunk := sock.recv(65536):
