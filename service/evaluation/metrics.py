@@ -12,7 +12,7 @@ Two protocols score the wsolevaluation figures (MaxBoxAccV2 and PxAP; docs/evalu
             at the last pixel); CAM thresholds np.arange(0, 1, 0.001).
   original  the project's convention: the service's heatmap at the original image size and the
             ground truth as given; a pixel is in when s >= t; a contour's box is its exact inclusive
-            extent; CAM thresholds every 0.01.
+            extent; CAM thresholds every 0.01 (PxAP bins every 0.001, as wsol's).
 Both share the IoU >= delta rule, the PxAP bins (the value 1.0 has its own) and the ignore semantics.
 """
 
@@ -40,6 +40,7 @@ MAXBOXACC_IOUS: tuple[float, ...] = (0.3, 0.5, 0.7)
 PEAK_LEVELS = 256  # Peak-IoU thresholds T = 0..255 on heatmap * 255
 WSOL_GRID = 224  # wsolevaluation scores every image on a 224 x 224 grid
 MASK_LEVEL = 128  # original protocol: mask grey levels >= this are object (CUB's masks average annotators)
+PXAP_STEP = 0.001  # PxAP's bin width in both protocols (wsolevaluation's default CAM step)
 
 ProtocolName = Literal["wsol", "original"]
 
@@ -65,9 +66,9 @@ class WsolProtocol:
         return np.arange(0, 1, self.cam_step)
 
     def pxap_edges(self) -> np.ndarray:
-        """(T + 4,) PxAP bin edges: the CAM thresholds, then 1, 2, 3: a map value of exactly 1.0 falls in
-        [1, 2), a bin of its own above [1 - step, 1)."""
-        return np.append(self.cam_thresholds(), [1.0, 2.0, 3.0])
+        """(1003,) PxAP bin edges, np.arange(0, 1, PXAP_STEP) then 1, 2, 3 (under the wsol protocol, its CAM
+        thresholds): a map value of exactly 1.0 falls in [1, 2), a bin of its own above [0.999, 1)."""
+        return np.append(np.arange(0, 1, PXAP_STEP), [1.0, 2.0, 3.0])
 
     def describe(self) -> str:
         contours = "every contour" if self.multi_contour else "the largest contour"
@@ -79,7 +80,8 @@ class WsolProtocol:
             )
         return (
             f"original size: the service's heatmap and the ground truth as given (mask levels >= {MASK_LEVEL} "
-            f"are object), s >= t, inclusive contour boxes, {contours}, CAM thresholds every {self.cam_step:g}"
+            f"are object), s >= t, inclusive contour boxes, {contours}, CAM thresholds every {self.cam_step:g}, "
+            f"PxAP bins every {PXAP_STEP:g}"
         )
 
 

@@ -22,7 +22,9 @@ def test_protocol_sweeps() -> None:
     assert len(thresholds) == 1000 and thresholds[0] == 0.0 and thresholds[-1] < 1.0
     edges = WSOL.pxap_edges()
     assert len(edges) == 1003 and edges[-4:].tolist() == [thresholds[-1], 1.0, 2.0, 3.0]
-    assert len(m.WsolProtocol(name="original").cam_thresholds()) == 100
+    original = m.WsolProtocol(name="original")
+    assert len(original.cam_thresholds()) == 100
+    np.testing.assert_array_equal(original.pxap_edges(), edges)  # PxAP's bins do not depend on the protocol
 
 
 # --- the grid ------------------------------------------------------------------------------------------
