@@ -3,8 +3,8 @@
 Run from the repository root with the export extra installed (writes its section of BENCHMARKS.md):
     python -m bench.bench_pipeline
 Stages: decode (Pillow, EXIF, RGB), preprocess (PIL bilinear to 224, normalise), backbone
-(onnxruntime), scg (class scores + SCG for the top-5), resize (heatmaps to the original size),
-boxes, encode (heatmap PNGs). As in spa-serve, numpy runs with one BLAS thread.
+(onnxruntime), scg (class scores + SCG for the top-5), boxes (the maps resized to the original
+size band by band, thresholded), encode (heatmap PNGs). As in spa-serve, numpy runs with one BLAS thread.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import onnxruntime as ort
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
+from bench.bench_http import export_vgg16
 from bench.report import update_section
 from spa_service.imaging import decode_image, encode_heatmap_png
 from spa_service.localize import Localizer, LocalizeOptions
@@ -32,18 +33,7 @@ from spa_service.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "tests" / "data" / "chelsea.jpg"
 SIZES = ((500, 375), (4000, 3000))  # (width, height)
-STAGES = ("decode", "preprocess", "backbone", "scg", "resize", "boxes", "encode")
-
-
-def export_vgg16(out_dir: Path) -> Path:
-    import torch
-
-    from spa_export.nets import build_model
-    from spa_export.to_onnx import export_model
-
-    torch.manual_seed(0)
-    export_model(build_model("vgg16", 200), arch="vgg16", out_dir=out_dir, name="vgg16-spa-bench")
-    return out_dir
+STAGES = ("decode", "preprocess", "backbone", "scg", "boxes", "encode")
 
 
 def jpeg_of_size(width: int, height: int) -> bytes:
@@ -59,7 +49,7 @@ def one_request(localizer: Localizer, data: bytes, options: LocalizeOptions) -> 
     (result,) = localizer.localize([image], [options])
     start = time.perf_counter()
     for prediction in result.predictions:
-        encode_heatmap_png(prediction.heatmap, max_side=2048)
+        encode_heatmap_png(prediction.map, prediction.size, max_side=2048)
     encode_ms = (time.perf_counter() - start) * 1e3
     return {"decode": decode_ms, **result.timings_ms, "encode": encode_ms}
 
@@ -98,7 +88,7 @@ def main() -> None:
             f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, "
             f"onnxruntime {ort.__version__} CPU, numpy {np.__version__}, one BLAS thread as in spa-serve).",
             "",
-            "Median milliseconds per stage over the runs; heatmaps and boxes at the original size, "
+            "Median milliseconds per stage over the runs; boxes from the maps at the original size, "
             "heatmap PNGs capped at 2048 px.",
             "",
             *lines,

@@ -1,4 +1,4 @@
-"""The RAM loss (restricted activation module, SPA_REFERENCE.md section 2); training only."""
+"""The RAM loss (restricted activation module, docs/reference.md section 6); training only."""
 
 from __future__ import annotations
 

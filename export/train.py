@@ -1,5 +1,5 @@
 """spa-train: train an SPA network on a CUB-layout data set with the authors' settings
-(SPA_REFERENCE.md sections 2 and 6): cross-entropy on the pooled class map, plus the RAM loss from `ram_start`."""
+(docs/reference.md section 6): cross-entropy on the pooled class map, plus the RAM loss from `ram_start`."""
 
 from __future__ import annotations
 

@@ -123,7 +123,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     _check_pixels(image.width, image.height, max_pixels)
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        # In place: a copy would double the memory of a large photo for nothing.
+        ImageOps.exif_transpose(image, in_place=True)
         rgb = _to_rgb(image)
         rgb.load()
     except Image.DecompressionBombError as exc:

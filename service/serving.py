@@ -8,6 +8,7 @@ micro-batcher (backbone + post-process) -> render, each image's working set free
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import time
 from collections.abc import Sequence
@@ -29,6 +30,15 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 DRAIN_MARGIN_S = 2.0  # answered this long before the shutdown timeout: time to write the 503
+TRIM_AFTER_MP = 50.0  # requests this large hand their freed memory back to the system
+
+
+def release_freed_memory() -> None:
+    """glibc keeps freed heap for reuse; after a large request, give it back (malloc_trim)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 @dataclass
@@ -149,6 +159,8 @@ class Service:
             )
         finally:
             ticket.release()
+            if ticket.work_mp >= TRIM_AFTER_MP:
+                await anyio.to_thread.run_sync(release_freed_memory)
         for (i, _), response in zip(kept, rendered):
             outcomes[i] = response
         return Processed(outcomes, max((done.localization.batch_size for done in batched), default=0))

@@ -1,4 +1,4 @@
-"""A slow, loop-by-loop SCG, straight from SPA_REFERENCE.md section 3 and the paper's Eq. 6-14.
+"""A slow, loop-by-loop SCG, straight from docs/reference.md section 4 and the paper's Eq. 6-14.
 
 Structured like the authors' evaluation: for each image the affinity of its blocks, then for
 each class the cam, two real cv2.resize calls (step 9), the selected columns / rows gathered

@@ -1,0 +1,130 @@
+"""Large photos through a real spa-serve: milliseconds per request and the server's peak memory.
+
+Run from the repository root (writes its section of BENCHMARKS.md):
+    python -m bench.bench_large
+0.2, 3, 12 and 36 MP JPEGs (one photo scaled), the bundled demo model, default query and topk=5,
+sizes alternating within each round. Peak RSS is the server's VmHWM, read after each size's first
+request in ascending size order (so each reading is that size's peak), and once more after four
+36 MP requests at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import onnxruntime as ort
+from PIL import Image
+
+from bench.bench_http import free_port, start_server
+from bench.report import update_section
+from spa_service.settings import BUNDLED_MODEL_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = ROOT / "tests" / "data" / "chelsea.jpg"
+SIZES = ((516, 387), (2000, 1500), (4000, 3000), (6000, 6000))  # (width, height): 0.2, 3, 12, 36 MP
+QUERIES = ({}, {"topk": 5})
+
+
+def jpeg(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(PHOTO).convert("RGB").resize((width, height), Image.BICUBIC).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def rss_mb(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field}")
+
+
+def post(url: str, data: bytes, query: dict) -> float:
+    started = time.perf_counter()
+    response = httpx.post(f"{url}/v1/localize", params=query, files={"image": ("i.jpg", data)}, timeout=300)
+    response.raise_for_status()
+    return (time.perf_counter() - started) * 1e3
+
+
+async def four_at_once(url: str, data: bytes) -> None:
+    async with httpx.AsyncClient(timeout=300) as client:
+        responses = await asyncio.gather(
+            *(client.post(f"{url}/v1/localize", params={"topk": 8}, files={"image": ("i.jpg", data)}) for _ in range(4))
+        )
+    for response in responses:
+        response.raise_for_status()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    images = {size: jpeg(*size) for size in SIZES}
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        server = start_server(BUNDLED_MODEL_DIR, port, Path(tmp) / "server.log")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            idle = rss_mb(server.pid, "VmRSS")
+            peaks = {}
+            for size in SIZES:  # ascending: each high-water mark belongs to this size
+                post(url, images[size], {"topk": 8})
+                peaks[size] = rss_mb(server.pid, "VmHWM")
+            after_one = rss_mb(server.pid, "VmRSS")
+            asyncio.run(four_at_once(url, images[SIZES[-1]]))
+            peak_four = rss_mb(server.pid, "VmHWM")
+            times: dict[tuple, list[float]] = {(size, i): [] for size in SIZES for i in range(len(QUERIES))}
+            for _ in range(args.rounds):
+                for size in SIZES:
+                    for i, query in enumerate(QUERIES):
+                        times[(size, i)].append(post(url, images[size], query))
+            after_all = rss_mb(server.pid, "VmRSS")
+        finally:
+            server.terminate()
+            server.wait(60)
+    small = {i: statistics.median(times[(SIZES[0], i)]) for i in range(len(QUERIES))}
+    lines = [
+        "| image | MP | JPEG KB | default query, ms | vs 0.2 MP | topk=5, ms | vs 0.2 MP | peak RSS, topk=8, MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size in SIZES:
+        width, height = size
+        medians = [statistics.median(times[(size, i)]) for i in range(len(QUERIES))]
+        lines.append(
+            f"| {width} x {height} | {width * height / 1e6:.1f} | {len(images[size]) // 1000} | "
+            f"{medians[0]:.0f} | {medians[0] / small[0]:.1f}x | {medians[1]:.0f} | {medians[1] / small[1]:.1f}x | "
+            f"{peaks[size]:.0f} |"
+        )
+    markdown = "\n".join(
+        [
+            "## Large images: spa-serve, demo model",
+            "",
+            f"`python -m bench.bench_large --rounds {args.rounds}` ({platform.machine()}, "
+            f"{len(os.sched_getaffinity(0))} cores, onnxruntime {ort.__version__} CPU; load average "
+            f"{load_before:.1f} before the run: other work on the machine shows up here).",
+            "",
+            "Median ms per request over the rounds, sizes alternating; peak RSS is the server's high-water "
+            "mark after its first request of that size (ascending sizes).",
+            "",
+            *lines,
+            "",
+            f"Server RSS: {idle:.0f} MB idle after warm-up, {after_one:.0f} MB after the 36 MP request, "
+            f"peak {peak_four:.0f} MB with four 36 MP topk=8 requests at once, {after_all:.0f} MB at the end.",
+        ]
+    )
+    update_section("large", markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
