@@ -1,4 +1,4 @@
-"""Checkpoints in the authors' formats (SPA_REFERENCE.md section 1) and torchvision's VGG16 ImageNet weights.
+"""Checkpoints in the authors' formats (docs/reference.md sections 1-2) and torchvision's VGG16 ImageNet weights.
 
 Every failure is a CheckpointError whose message is one line naming the file and what does not fit.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+PICKLE_PROTO = b"\x80"  # the legacy format: pickles, the first one opening with the PROTO opcode
 PREFIX = "module."  # the authors trained under nn.DataParallel, whose state_dict prefixes every key
 
 # torchvision VGG16 `features.{i}`: (first index, end index, our Sequential) per block.
@@ -36,7 +39,7 @@ def load_checkpoint(model: nn.Module, path: Path | str) -> dict[str, Any]:
     path = Path(path)
     raw = _read(path)
     state, extra = _split(raw, path)
-    if _is_torchvision_vgg(state):
+    if _is_torchvision_vgg(state) and "features.0.weight" not in model.state_dict():  # VGG16-CAM has features.N
         raise CheckpointError(f"{path}: torchvision VGG16 ImageNet weights, not an SPA checkpoint "
                               "(use them with spa-train --pretrained-vgg)")
     _check_fits(model, state, path)
@@ -87,6 +90,7 @@ def _read(path: Path) -> Any:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: not a file")
+    _check_container(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
@@ -95,7 +99,29 @@ def _read(path: Path) -> Any:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_reason(exc)})") from None
 
 
+def _check_container(path: Path) -> None:
+    """Refuse, with what the file is not, anything that is neither of torch.save's two formats, before the
+    unpickler reports it as some arbitrary error (a text file reads as `KeyError: 101`)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not head:
+        problem = "an empty file"
+    elif head.startswith(ZIP_MAGIC):
+        problem = None if zipfile.is_zipfile(path) else "a zip archive that is truncated or damaged"
+    elif head.startswith(PICKLE_PROTO):
+        problem = None
+    else:
+        problem = "neither a zip archive nor a pickle, as torch.save writes: not a checkpoint, or its start is missing"
+    if problem:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({problem})")
+
+
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, EOFError) or "unexpected EOF" in str(exc):  # in the pickle, or in the tensor data after it
+        return "truncated: the file ends before its data does"
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
         return "it holds Python objects besides tensors and plain data, refused by weights_only loading"

@@ -23,7 +23,7 @@ from spa_service.card import CARD_FILE, PRESETS, ModelCard, OutputNames, read_la
 
 from .checkpoints import CheckpointError, load_checkpoint
 from .console import EXIT_FAILURE, EXIT_USAGE, ArgumentParser, fail, positive_int, select_device, setup_logging
-from .nets import ARCHS, IMAGENET_MEAN, IMAGENET_STD, build_model
+from .nets import ARCHS, build_model, normalisation
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,10 @@ def export_model(model: nn.Module, *, arch: str, out_dir: Path, labels: list[str
     map_size = _write_onnx(model, onnx_path, size)
     parity = verify_parity(model, onnx_path, size) if verify else {}
     chosen = PRESETS[preset]
+    mean, std = normalisation(model)
     card = ModelCard(
         name=name or f"{arch}-spa", arch=arch, num_classes=num_classes, labels=labels, input_size=size,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, map_size=map_size, preset=preset, scg=chosen.scg,
+        mean=mean, std=std, map_size=map_size, preset=preset, scg=chosen.scg,
         box_threshold=chosen.box_threshold, onnx_file=ONNX_FILE, onnx_sha256=sha256_of(onnx_path), parity=parity,
         tool_version=version("spa-localizer"), created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
@@ -159,6 +160,8 @@ def _parser() -> ArgumentParser:
     source.add_argument("--random-init", action="store_true", help="export a freshly initialised model (demos, tests)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed for --random-init")
     parser.add_argument("--num-classes", type=positive_int, required=True)
+    parser.add_argument("--large-feature-map", action="store_true",
+                        help="wsolevaluation CAM networks (*_cam) trained with large_feature_map: stride 8, not 16")
     parser.add_argument("--labels", type=Path, help="class names, one per line (CUB classes.txt accepted)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cub", help="SCG parameters and box thresholds")
     parser.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"),
@@ -195,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.random_init:
         torch.manual_seed(args.seed)
-    model = build_model(args.arch, args.num_classes)
+    if args.large_feature_map and not getattr(ARCHS[args.arch], "has_large_feature_map", False):
+        parser.error(f"--large-feature-map: {args.arch} has no such variant")
+    model = build_model(args.arch, args.num_classes, **({"large_feature_map": True} if args.large_feature_map else {}))
     if args.checkpoint is not None:
         try:
             load_checkpoint(model, args.checkpoint)
@@ -206,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                      input_size=tuple(args.input_size) if args.input_size else None, name=_card_name(args))
     except ParityError as exc:
         fail(f"spa-export: {exc}", EXIT_FAILURE)
+    except ValueError as exc:  # an input size the architecture cannot take
+        fail(f"spa-export: {exc}", EXIT_USAGE)
     except OSError as exc:
         fail(f"spa-export: cannot write {args.out} ({exc})", EXIT_FAILURE)
     return 0

@@ -119,9 +119,9 @@ class InceptionV3SPA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-        x = _stem_pool(x)
+        x = stem_pool(x)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
-        x = _stem_pool(x)
+        x = stem_pool(x)
         feat_a = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))
         x = self.Mixed_6a(feat_a)
         feat_b = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x))))
@@ -129,5 +129,5 @@ class InceptionV3SPA(nn.Module):
         return class_map, feat_a, feat_b
 
 
-def _stem_pool(x: torch.Tensor) -> torch.Tensor:
+def stem_pool(x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(x, kernel_size=3, stride=2, padding=1, ceil_mode=True)

@@ -144,9 +144,21 @@ class Opaque:
     """A pickled class that weights_only loading must refuse."""
 
 
+@pytest.mark.parametrize(("zip_format", "message"), [(True, "a zip archive that is truncated or damaged"),
+                                                     (False, "truncated: the file ends before its data does")])
+def test_truncated_checkpoints_say_so(tmp_path, zip_format, message):
+    path = tmp_path / "full.pth"
+    torch.save(_fresh("tiny", 3, seed=0).state_dict(), path, _use_new_zipfile_serialization=zip_format)
+    cut = _write(tmp_path / "cut.pth", path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(_fresh("tiny", 3, seed=0), cut)
+
+
 @pytest.mark.parametrize(("content", "message"), [
-    (b"this is not a checkpoint\n", "not a readable PyTorch checkpoint"),
-    (b"", "not a readable PyTorch checkpoint"),
+    (b"this is not a checkpoint\n", r"not a readable PyTorch checkpoint \(neither a zip archive nor a pickle"),
+    (bytes(range(7, 256)) * 20, r"not a readable PyTorch checkpoint \(neither a zip archive nor a pickle"),
+    (b"PK\x03\x04" + bytes(100), r"not a readable PyTorch checkpoint \(a zip archive that is truncated"),
+    (b"", r"not a readable PyTorch checkpoint \(an empty file\)"),
     (torch.zeros(3), "expected a dict, found Tensor"),
     ({"epoch": 3, "state_dict": {}}, "no state_dict"),
     ({"state_dict": {"cls.2.weight": [1, 2]}}, "not a state_dict"),
