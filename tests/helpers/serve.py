@@ -66,3 +66,11 @@ def spa_serve(model_dir: Path, log_path: Path, **env: str) -> Iterator[Server]:
         if process.poll() is None:
             process.terminate()
             process.wait(30)
+
+
+def wait_for(condition, timeout_s: float = 30.0) -> None:
+    """Poll `condition()` until it holds; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.02)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers.serve import spa_serve
+from helpers.serve import spa_serve, wait_for
 from PIL import Image
 from service_helpers import make_image, serving
 
@@ -26,13 +26,6 @@ from spa_service.resize import resize_maps
 from spa_service.settings import BUNDLED_MODEL_DIR, Settings
 
 BIG = (6000, 6000)  # (H, W): 36 MP, under the default 40 MP limit
-
-
-def wait_for(condition, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.02)
 
 
 def peak_rss_mb(pid: int) -> float:

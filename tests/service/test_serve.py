@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers.serve import SPA_SERVE, Server, spa_serve
+from helpers.serve import SPA_SERVE, Server, spa_serve, wait_for
 from service_helpers import make_image, png_from_data_uri, reference
 
 from spa_service.imaging import heatmap_to_uint8
@@ -96,13 +96,6 @@ def test_one_structured_log_line_per_request(server: Server) -> None:
     [line] = [line for line in server.log().splitlines() if "image_size=77x55" in line]
     for field in ("route=/v1/localize", "method=POST", "status=200", "latency_ms=", "batch_size=1"):
         assert field in line
-
-
-def wait_for(condition, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.02)
 
 
 def metrics_text(server: Server) -> str:
