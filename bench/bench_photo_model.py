@@ -1,0 +1,83 @@
+"""Backbone time of the bundled real-photo model (models/imagenet-lite0, EfficientNet-Lite0 at 224), through the
+service's onnxruntime engine, at batch 1 and batch 8 measured alternately in one run.
+
+Run from the repository root (writes its section of BENCHMARKS.md):
+    python -m bench.bench_photo_model [--repeat 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+
+from bench.report import update_section
+from spa_service.imaging import decode_image, preprocess
+from spa_service.localize import Localizer
+from spa_service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "imagenet-lite0"
+PHOTO = ROOT / "tests" / "data" / "chelsea.jpg"
+BATCHES = (1, 8)
+WARMUP = 5
+
+
+def measure(repeat: int) -> dict[int, list[float]]:
+    """Per batch size, `repeat` wall times in ms per image of one engine call; the sizes take turns."""
+    localizer = Localizer.from_settings(Settings(model_dir=MODEL))
+    card = localizer.card
+    image = decode_image(PHOTO.read_bytes(), max_pixels=10**8)
+    batches = {n: preprocess([image] * n, input_size=card.input_size, mean=card.mean, std=card.std) for n in BATCHES}
+    for n in BATCHES:
+        for _ in range(WARMUP):
+            localizer.engine.run(batches[n])
+    times: dict[int, list[float]] = {n: [] for n in BATCHES}
+    for _ in range(repeat):
+        for n in BATCHES:
+            start = time.perf_counter()
+            localizer.engine.run(batches[n])
+            times[n].append((time.perf_counter() - start) * 1000 / n)
+    return times
+
+
+def report(times: dict[int, list[float]], repeat: int) -> str:
+    load = os.getloadavg()
+    lines = [
+        "## Real-photo model: backbone (EfficientNet-Lite0, 224 x 224, 7 x 7 maps)",
+        "",
+        f"`python -m bench.bench_photo_model --repeat {repeat}` on {datetime.date.today()}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, onnxruntime {ort.__version__}, "
+        f"CPU provider; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+        "(a shared machine: compare rows of this run, not runs).",
+        "",
+        "| batch | median ms / image | p90 ms / image | images / s |",
+        "|---|---|---|---|",
+    ]
+    for n, values in times.items():
+        median = statistics.median(values)
+        p90 = statistics.quantiles(values, n=10)[-1]
+        lines.append(f"| {n} | {median:.1f} | {p90:.1f} | {1000 / median:.0f} |")
+    ratio = statistics.median(times[1]) / statistics.median(times[BATCHES[-1]])
+    lines += ["", f"Batch {BATCHES[-1]} gives {ratio:.2f}x the images per second of batch 1. The backbone call "
+              "only: decoding, preprocessing, SCG and boxes are not in these figures."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=60)
+    args = parser.parse_args()
+    markdown = report(measure(args.repeat), args.repeat)
+    print(markdown)
+    update_section("photo-model", markdown, ROOT / "BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
