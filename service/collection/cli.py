@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 from pydantic import ValidationError
 
@@ -24,6 +24,11 @@ from ..card import Method
 from ..errors import InvalidRequestError, ModelLoadError
 from ..localize import Localizer, LocalizeOptions
 from ..settings import BUNDLED_MODEL_DIR, Settings
+
+if TYPE_CHECKING:  # pyarrow is the [batch] extra's: imported once main() has checked it is there
+    import pyarrow as pa
+
+    from .store import Store
 
 log = logging.getLogger("spa_service.batch")
 
@@ -117,13 +122,46 @@ def _run_settings(localizer: Localizer, settings: Settings, options: LocalizeOpt
     }
 
 
-def _progress(tables: Iterator, total: int, *, enabled: bool) -> Iterator:
+def _ray_tables(args: argparse.Namespace, settings: Settings, options: LocalizeOptions,
+                pending: list[str]) -> Iterator[pa.Table]:
+    from .ray_engine import RayConfig, run_ray
+
+    if not pending:  # no cluster to start for nothing
+        return iter(())
+    config = RayConfig(
+        address=args.ray_address,
+        actors=args.ray_actors,
+        cpus_per_actor=args.ray_cpus_per_actor,
+        gpus_per_actor=args.ray_gpus_per_actor,
+        num_cpus=args.ray_num_cpus,
+        object_store_mb=args.ray_object_store_mb,
+    )
+    return run_ray(pending, model_dir=settings.model_dir, options=options, out=args.out, heatmaps=args.heatmaps,
+                   batch_size=args.batch_size, config=config)
+
+
+def _write_all(store: Store, tables: Iterator[pa.Table], total: int, *, progress: bool) -> Counter[str]:
+    """Write each batch's rows as a part, as they come; the error codes seen."""
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True, file=sys.stderr) as bar:
+    started = time.perf_counter()
+    first: tuple[float, int] | None = None  # when the first batch was written, and its rows
+    codes: Counter[str] = Counter()
+    with tqdm(total=total, unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr) as bar:
         for table in tables:
-            yield table
+            store.write_part(table)
+            first = first or (time.perf_counter(), table.num_rows)
+            codes.update(c for c in table.column("error_code").to_pylist() if c is not None)
             bar.update(table.num_rows)
+    if first is not None:
+        # The first batch pays the start-up (Ray's cluster and actors, onnxruntime's first run):
+        # the rate after it is the one a long run gets.
+        ended = time.perf_counter()
+        after_first = (total - first[1]) / (ended - first[0]) if ended > first[0] else 0.0
+        log.info("localized %d images in %.1f s (%.2f img/s; %.2f img/s after the first batch, which came "
+                 "after %.1f s); %d could not be: %s", total, ended - started, total / (ended - started),
+                 after_first, first[0] - started, sum(codes.values()), dict(codes) or "none")
+    return codes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,7 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .coco import coco_detections
     from .inputs import SourceError, list_inputs
     from .local_engine import run_local
-    from .ray_engine import RayConfig, run_ray
     from .store import OutputMismatchError, Store
     from .worker import BatchWorker, limit_blas_threads
 
@@ -172,41 +209,17 @@ def main(argv: Sequence[str] | None = None) -> int:
              len(paths), args.source, len(paths) - len(pending), args.out, len(pending), localizer.card.name,
              args.engine)
     card = localizer.card
-    if args.engine == "local":
+    if args.engine == "ray":
+        del localizer  # the actors hold the models; the driver needed this one only to check the options
+        tables = _ray_tables(args, settings, options, pending)
+    else:
         worker = BatchWorker(localizer, options, settings.max_image_pixels, args.out, args.heatmaps)
         tables = run_local(worker, pending, batch_size=args.batch_size, decode_threads=args.decode_threads)
-    else:
-        del localizer  # the actors hold the models; the driver needed this one only to check the options
-        config = RayConfig(
-            address=args.ray_address,
-            actors=args.ray_actors,
-            cpus_per_actor=args.ray_cpus_per_actor,
-            gpus_per_actor=args.ray_gpus_per_actor,
-            num_cpus=args.ray_num_cpus,
-            object_store_mb=args.ray_object_store_mb,
-        )
-        tables = run_ray(pending, model_dir=settings.model_dir, options=options, out=args.out,
-                         heatmaps=args.heatmaps, batch_size=args.batch_size, config=config) if pending else iter(())
-
-    started = time.perf_counter()
-    first: tuple[float, int] | None = None  # when the first batch was written, and its rows
-    codes: Counter[str] = Counter()
     try:
-        for table in _progress(tables, len(pending), enabled=not args.no_progress):
-            store.write_part(table)
-            first = first or (time.perf_counter(), table.num_rows)
-            codes.update(c for c in table.column("error_code").to_pylist() if c is not None)
+        codes = _write_all(store, tables, len(pending), progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    if first is not None:
-        # The first batch pays the start-up (Ray's cluster and actors, onnxruntime's first run):
-        # the rate after it is the one a long run gets.
-        ended = time.perf_counter()
-        after_first = (len(pending) - first[1]) / (ended - first[0]) if ended > first[0] else 0.0
-        log.info("localized %d images in %.1f s (%.2f img/s; %.2f img/s after the first batch, which came "
-                 "after %.1f s); %d could not be: %s", len(pending), ended - started, len(pending) / (ended - started),
-                 after_first, first[0] - started, sum(codes.values()), dict(codes) or "none")
     if args.coco:
         store.write_file("coco.json", json.dumps(coco_detections(store.rows(), card.labels, model=card.name)).encode())
     failed_before = sum(1 for p in paths if done.get(p) is not None)
