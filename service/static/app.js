@@ -6,6 +6,7 @@ import { BOX_COLOURS, drawLocalization } from "./overlay.js";
 const $ = (id) => document.getElementById(id);
 const ui = {
   model: $("model"),
+  precision: $("precision"),
   form: $("controls"),
   drop: $("drop"),
   file: $("file"),
@@ -235,8 +236,19 @@ async function loadCard() {
   }
   const { name, arch, num_classes: classes } = state.card;
   ui.model.textContent = `${name} · ${arch} · ${plural(classes, "class", "classes")}`;
+  showPrecision(state.card);
   ui.topk.max = classes;
   applyDefaultThreshold();
+}
+
+/** Which precision runs and, for fp16 / int8, how closely it agrees with the fp32 model (the card's figures). */
+function showPrecision({ precision = "fp32", variant }) {
+  const agreement = variant?.agreement;
+  ui.precision.textContent = agreement
+    ? `${precision}: agrees with fp32 on ${percent(agreement.top1)} of top-1 classes, ` +
+      `${percent(agreement.box_iou_ge_0_9)} of top-1 boxes at IoU ≥ 0.9 (${agreement.images} held-out images)`
+    : precision;
+  ui.precision.hidden = false;
 }
 
 /** The strip stays hidden when the service has no samples (or no v1/samples route at all). */
