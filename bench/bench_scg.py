@@ -32,10 +32,11 @@ from scg_loops import (  # noqa: E402
     scg_loops,
 )
 
-from spa_service.boxes import boxes_from_heatmaps  # noqa: E402
+from spa_service.boxes import boxes_of_maps  # noqa: E402
 from spa_service.card import PRESETS  # noqa: E402
-from spa_service.resize import resize_maps, roundtrip_maps  # noqa: E402
-from spa_service.scg import normalize_cam, scg_maps, structure_affinity  # noqa: E402
+from spa_service.localize import localization_maps  # noqa: E402
+from spa_service.resize import resize_maps  # noqa: E402
+from spa_service.scg import structure_affinity  # noqa: E402
 
 ORIGINAL = (500, 375)  # (H, W) of the "original image"
 TOPK = 5
@@ -75,9 +76,8 @@ def inputs(arch: str, n: int, seed: int = 0):
 
 
 def vectorized(features, class_maps, classes, sizes, mode):
-    cams = normalize_cam(np.take_along_axis(class_maps, classes[:, :, None, None], axis=1))
-    cams = np.stack([roundtrip_maps(c, size) for c, size in zip(cams, sizes, strict=True)])
-    return scg_maps(structure_affinity(features, PARAMS, mode), cams, PARAMS, mode)
+    """What the service runs for a batch: `localize.localization_maps`."""
+    return localization_maps(class_maps, features, classes, sizes, ["scg"] * len(sizes), PARAMS, mode)
 
 
 def loops_affinity(features, mode):
@@ -125,10 +125,10 @@ def scg_row(arch: str, n: int, mode: str, repeat: int, threads: str) -> str:
 def post_row(arch: str, repeat: int) -> str:
     """Final resize of the top-5 maps to the original size, then boxes, for one image."""
     maps = vectorized(*inputs(arch, 1), "reference")[0]
-    heatmaps = resize_maps(maps, ORIGINAL)
     resize, _ = measure(lambda: resize_maps(maps, ORIGINAL), repeat)
-    union, _ = measure(lambda: boxes_from_heatmaps(heatmaps, THRESHOLD, "union"), repeat)
-    largest, _ = measure(lambda: boxes_from_heatmaps(heatmaps, THRESHOLD, "largest"), repeat)
+    # Boxes as the service finds them: from the maps, band by band at the original size.
+    union, _ = measure(lambda: boxes_of_maps(maps, ORIGINAL, THRESHOLD, "union"), repeat)
+    largest, _ = measure(lambda: boxes_of_maps(maps, ORIGINAL, THRESHOLD, "largest"), repeat)
     h, w = maps.shape[-2:]
     return (
         f"| {arch} | {TOPK} x {h}x{w} -> {TOPK} x {ORIGINAL[0]}x{ORIGINAL[1]} "

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .arrays import Array, array_namespace, to_numpy
 from .boxes import Box, BoxMode, boxes_of_maps
-from .card import Method, ModelCard, load_card
+from .card import Method, ModelCard, ScgParams, load_card
 from .engine import BackboneOutputs, Engine
 from .errors import InvalidRequestError
 from .imaging import DecodedImage, preprocess
@@ -101,7 +101,7 @@ def localization_maps(
     chosen: np.ndarray,
     sizes: Sequence[tuple[int, int]],
     methods: Sequence[Method],
-    card: ModelCard,
+    params: ScgParams,
     scg_mode: ScgMode,
 ) -> Array:
     """(N, K, h, w) maps in [0, 1] at the class map's resolution, CAM or SCG per image.
@@ -117,9 +117,9 @@ def localization_maps(
         return cams
     rows = xp.asarray(scg_rows)
     round_tripped = xp.stack([roundtrip_maps(cams[i], sizes[i]) for i in scg_rows])
-    affinity = structure_affinity([f[rows] for f in features], card.scg, mode=scg_mode)
+    affinity = structure_affinity([f[rows] for f in features], params, mode=scg_mode)
     maps = cams.copy()
-    maps[rows] = scg_maps(affinity, round_tripped, card.scg, mode=scg_mode)
+    maps[rows] = scg_maps(affinity, round_tripped, params, mode=scg_mode)
     return maps
 
 
@@ -190,7 +190,7 @@ class Localizer:
                 chosen,
                 run.sizes,
                 [o.method for o in options],
-                self.card,
+                self.card.scg,
                 self.scg_mode,
             )
         shared = {**run.timings_ms, **clock.ms}

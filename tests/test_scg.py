@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from scg_loops import make_class_maps, make_features, paper_class_loops, reference_class_loops, scg_loops
 
 from spa_service.card import PRESETS, ScgParams
+from spa_service.localize import localization_maps
 from spa_service.resize import resize_maps, roundtrip_maps
 from spa_service.scg import normalize_cam, scg_maps, structure_affinity
 
@@ -32,10 +33,9 @@ CUB, ILSVRC = PRESETS["cub"].scg, PRESETS["ilsvrc"].scg
 
 
 def vectorized(features, class_maps, classes, sizes, params, mode):
-    """The service path: (N, K, h, w) maps and, per image, (K, H, W) heatmaps at its size."""
-    cams = normalize_cam(np.take_along_axis(class_maps, classes[:, :, None, None], axis=1))
-    cams = np.stack([roundtrip_maps(c, size) for c, size in zip(cams, sizes, strict=True)])
-    maps = scg_maps(structure_affinity(features, params, mode), cams, params, mode)
+    """The service path (`localize.localization_maps`): (N, K, h, w) maps and, per image, (K, H, W)
+    heatmaps at its size."""
+    maps = localization_maps(class_maps, features, classes, sizes, ["scg"] * len(sizes), params, mode)
     return maps, [resize_maps(m, size) for m, size in zip(maps, sizes, strict=True)]
 
 
