@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from spa_export.checkpoints import load_checkpoint
 from spa_export.nets import build_model
@@ -59,28 +60,31 @@ def fresh() -> torch.nn.Module:
 
 
 def test_maps_and_feature_blocks(fresh):
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(2, 3, 96, 96)  # stride 32: 3 x 3 maps (7 x 7 at 224, checked on the export below)
     captured = {}
-    for index in FEATURE_BLOCKS:
-        fresh._blocks[index].register_forward_hook(lambda _m, _i, out, index=index: captured.__setitem__(index, out))
+    hooks = [fresh._blocks[index].register_forward_hook(lambda _m, _i, out, index=index: captured.__setitem__(index, out))
+             for index in FEATURE_BLOCKS]
     with torch.no_grad():
         class_map, feat_a, feat_b = fresh(x)
-    assert class_map.shape == (2, 10, 7, 7)
+    for hook in hooks:
+        hook.remove()
+    assert class_map.shape == (2, 10, 3, 3)
     for index, feat in zip(FEATURE_BLOCKS, (feat_a, feat_b), strict=True):
         block = captured[index]
-        factor = block.shape[-1] // 7
-        pooled = block.reshape(*block.shape[:2], 7, factor, 7, factor).mean(dim=(3, 5))
+        factor = block.shape[-1] // 3
+        pooled = block.reshape(*block.shape[:2], 3, factor, 3, factor).mean(dim=(3, 5))
         torch.testing.assert_close(feat, pooled)
     assert (feat_a.shape[1], feat_b.shape[1]) == (80, 112)
 
 
 def test_class_map_mean_is_the_logits(fresh):
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(2, 3, 96, 96)
     head = {}
-    fresh._bn1.register_forward_hook(lambda _m, _i, out: head.__setitem__("out", out))
+    hook = fresh._bn1.register_forward_hook(lambda _m, _i, out: head.__setitem__("out", out))
     with torch.no_grad():
         class_map = fresh(x)[0]
         logits = fresh._fc(F.relu6(head["out"]).mean(dim=(2, 3)))  # GAP + FC, the classifier as trained
+    hook.remove()
     torch.testing.assert_close(class_map.mean(dim=(2, 3)), logits, atol=1e-5, rtol=1e-5)
 
 
@@ -119,8 +123,6 @@ def imagenet(checkpoint) -> torch.nn.Module:
 
 
 def _photo(name: str, model: torch.nn.Module) -> torch.Tensor:
-    from PIL import Image
-
     image = Image.open(PHOTOS / name).convert("RGB").resize((224, 224), Image.BILINEAR)
     x = (np.asarray(image, np.float32) / 255 - np.float32(model.mean)) / np.float32(model.std)
     return torch.from_numpy(x.transpose(2, 0, 1)[None].copy())
