@@ -48,6 +48,7 @@ from PIL import Image
 from spa_service.arrays import cupy_available
 from spa_service.card import CARD_FILE, ModelCard, load_card, sha256_of, write_card
 from spa_service.engine import CudaOptions, Engine, available_cores
+from spa_service.errors import ModelLoadError
 from spa_service.imaging import decode_image, encode_heatmap_png
 from spa_service.localize import Localizer, LocalizeOptions
 from spa_service.scg import normalize_cam, scg_maps, structure_affinity
@@ -168,8 +169,10 @@ def cuda_unusable(model_dir: Path) -> str | None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return "onnxruntime has no CUDA provider here"
     card, onnx_path = load_card(model_dir)
-    if Engine(onnx_path, card, providers="cuda").cuda_fallback:
-        return "the CUDA provider did not start (see the log above)"
+    try:
+        Engine(onnx_path, card, providers="cuda")
+    except ModelLoadError as exc:
+        return str(exc)
     return None
 
 

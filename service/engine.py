@@ -181,6 +181,11 @@ class Engine:
         self.providers = self.session.get_providers()
         # onnxruntime drops a CUDA provider that cannot start and carries on with the CPU: say so loudly.
         self.cuda_fallback = wanted[0][0] == _CUDA and _CUDA not in self.providers
+        if self.cuda_fallback and providers == "cuda":
+            raise ModelLoadError(
+                f"providers=cuda but the CUDA provider could not start for {onnx_path} (no visible GPU, or a "
+                "CUDA/cuDNN library missing; the onnxruntime log above says which)"
+            )
         if self.cuda_fallback:
             log.warning(
                 "CUDA provider could not start (no visible GPU, or a CUDA/cuDNN library missing); running on CPU",

@@ -158,6 +158,9 @@ def test_cuda_that_cannot_start_falls_back_loudly(
     assert engine.cuda_fallback and engine.provider == CPU and not engine.outputs_on_gpu
     assert any("CUDA provider could not start" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert engine.run(np.zeros((1, 3, 16, 16), np.float32)).class_map.shape == (1, 5, 4, 4)
+    # Asked for CUDA outright, the same failure refuses to start instead.
+    with pytest.raises(ModelLoadError, match="providers=cuda but the CUDA provider could not start"):
+        Engine(path, card_for(path, 5), providers="cuda", intra_op_threads=1)
 
 
 def test_engine_from_settings(tmp_path: Path) -> None:
