@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from spa_export import to_onnx
 from spa_export.checkpoints import load_checkpoint
 from spa_export.nets import build_model
 from spa_export.nets.cam_head import linear_class_map
@@ -151,3 +152,12 @@ def test_real_model_exports_with_parity(imagenet, tmp_path):
     for ours, ref in zip(got, expected, strict=True):
         assert np.abs(ours - ref).max() <= 1e-4 * (ref.max() - ref.min())
     assert list(got[0].mean(axis=(2, 3)).argmax(axis=1)) == list(expected[0].mean(axis=(2, 3)).argmax(axis=1))
+
+
+def test_cli_refuses_input_sides_that_are_not_multiples_of_32(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        to_onnx.main(["--arch", "efficientnet_lite0", "--random-init", "--num-classes", "3",
+                      "--input-size", "200", "224", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert "multiples of 32, got 200 x 224" in capsys.readouterr().err
+    assert not (tmp_path / "model.json").exists()
