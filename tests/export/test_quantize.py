@@ -216,3 +216,21 @@ def test_box_iou_of_inclusive_boxes() -> None:
     assert quantize.box_iou((0, 0, 9, 9), (5, 0, 14, 9)) == pytest.approx(50 / 150)
     assert quantize.box_iou((0, 0, 0, 0), (1, 1, 1, 1)) == 0.0
     assert quantize.box_iou(None, None) == 1.0 and quantize.box_iou(None, (0, 0, 1, 1)) == 0.0
+
+
+def test_head_nodes_are_those_after_the_feature_blocks() -> None:
+    import onnx
+
+    names = quantize.head_nodes(onnx.load(str(DEMO / "model.onnx")), "class_map")
+    assert sorted(names) == ["/cls/cls.0/Conv", "/cls/cls.1/Relu", "/cls/cls.2/Conv"]
+
+
+def test_int8_model_keeps_the_head_float_and_quantizes_the_rest(int8_dir: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(int8_dir / "model.onnx"))
+    floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+    assert convs["/cls/cls.2/Conv"].input[1] in floats and convs["/cls/cls.0/Conv"].input[1] in floats
+    assert convs["/stem/stem.0/Conv"].input[1] not in floats  # its weight comes through DequantizeLinear
+    assert sum(n.op_type == "DequantizeLinear" for n in model.graph.node) > 0
