@@ -309,7 +309,7 @@ def http_rows(model_dir: Path, label: str, seconds: float, threads: int, work: P
     server = start_server(model_dir, port, work / f"spa-serve-{card.arch}.log", env)
     try:
         url = f"http://127.0.0.1:{port}"
-        served = httpx.get(f"{url}/v1/models", timeout=10).json()
+        served = httpx.get(f"{url}/v1/models", timeout=10).json()["models"][0]  # the default model
         provider = ",".join(served.get("providers", [])) or "?"
         rows = []
         for clients in CLIENTS:
