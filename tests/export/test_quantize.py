@@ -123,7 +123,9 @@ def test_int8_model_is_served_over_http(int8_dir: Path, synth: Path) -> None:
     path = held_out_paths(synth, CALIBRATION, 1)[0]
     (expected,) = answers(onnx_path, [path], card)
     with TestClient(create_app(Settings(model_dir=int8_dir))) as client:
-        models = client.get("/v1/models").json()
+        listing = client.get("/v1/models").json()
+        # The card is /v1/models itself, or (with several models served) its entry under "models".
+        models = next(m for m in listing["models"] if m["name"] == card.name) if "models" in listing else listing
         response = client.post("/v1/localize", files={"image": (path.name, path.read_bytes(), "image/jpeg")})
     assert models["precision"] == "int8" and models["onnx_sha256"] == card.onnx_sha256
     assert models["variant"]["agreement"] == json.loads(card.variant.agreement.model_dump_json())
