@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 import onnxruntime as ort
 
-from bench.bench_http import Level, export_vgg16, free_port, http_slice, jpegs, start_server
+from bench.bench_http import export_vgg16, free_port, jpegs, post, start_server
 from spa_service.card import load_card
 from spa_service.settings import BUNDLED_MODEL_DIR
 
@@ -95,13 +95,23 @@ def run_batch(source: Path, out: Path, model_dir: Path, *extra: str) -> Run:
 
 
 async def http_rate(port: int, images: list[bytes], requests: int) -> float:
-    level = Level(CLIENTS)
+    """req/s of CLIENTS clients, each posting one image after another, `requests` in all."""
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=300) as client:
-        await http_slice(client, images, level, seconds=3600.0, max_requests=requests)
-    if level.errors:
-        raise SystemExit(f"{level.errors} HTTP errors")
-    return level.http.per_second
+        await asyncio.gather(*(post(client, images, i) for i in range(CLIENTS)))  # connections open
+        issued = 0
+
+        async def client_loop() -> None:
+            nonlocal issued
+            while issued < requests:
+                issued += 1
+                response = await post(client, images, issued)
+                if response.status_code != 200:
+                    raise SystemExit(f"HTTP {response.status_code}: {response.text}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop() for _ in range(CLIENTS)))
+        return requests / (time.perf_counter() - started)
 
 
 def compare(model_dir: Path, count: int, slices: int, tmp: Path, ray_args: list[str]) -> Engines:
@@ -227,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
             counts[args.vgg16_dir or export_vgg16(tmp / "vgg16")] = args.vgg16_images
         results = {model: compare(model, count, args.slices, tmp, ray_args) for model, count in counts.items()}
         long = long_run(args.long_run, tmp) if args.long_run else None
-    report = markdown(results, counts, long, command, ray_args, (load_before, os.getloadavg()[0]))
+        report = markdown(results, counts, long, command, ray_args, (load_before, os.getloadavg()[0]))  # reads the cards
     print(report)
     if not args.no_report:
         from bench.report import update_section
