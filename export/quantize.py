@@ -362,6 +362,8 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="of the shuffle that splits the images (default 0)")
     parser.add_argument("--method", choices=sorted(_METHODS), default=Int8Recipe.method,
                         help=f"int8 calibration method (default {Int8Recipe.method})")
+    parser.add_argument("--quantize-head", action="store_true",
+                        help="int8 for the head too (by default it stays float: docs/precision.md says when to)")
     defaults = Floors()
     parser.add_argument("--min-top1", type=float, default=defaults.min_top1,
                         help=f"floor: top-1 class agreement (default {defaults.min_top1})")
@@ -386,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             source = Source(f"data set {args.calibration_data} ({args.split} split)", paths)
         card, missed = make_variant(
             args.model_dir, args.out, args.precision, source, calibration_images=args.calibration_images,
-            held_out_images=args.held_out_images, seed=args.seed, recipe=replace(Int8Recipe(), method=args.method),
+            held_out_images=args.held_out_images, seed=args.seed,
+            recipe=replace(Int8Recipe(), method=args.method, float_head=not args.quantize_head),
             floors=Floors(args.min_top1, args.min_box_iou90, args.max_heatmap_diff_p99), force=args.force,
         )
     except (QuantizeError, ModelLoadError) as exc:

@@ -236,3 +236,16 @@ def test_int8_model_keeps_the_head_float_and_quantizes_the_rest(int8_dir: Path) 
     assert convs["/cls/cls.2/Conv"].input[1] in floats and convs["/cls/cls.0/Conv"].input[1] in floats
     assert convs["/stem/stem.0/Conv"].input[1] not in floats  # its weight comes through DequantizeLinear
     assert sum(n.op_type == "DequantizeLinear" for n in model.graph.node) > 0
+
+
+def test_quantize_head_makes_the_head_int8_too(synth: Path, tmp_path: Path) -> None:
+    import onnx
+
+    run_quantize(DEMO, tmp_path, "--precision", "int8", "--calibration-data", str(synth), "--calibration-images", "8",
+                 "--held-out-images", "8", "--quantize-head", "--force")
+    card, onnx_path = load_card(tmp_path)
+    assert card.variant.recipe["float_head"] is False
+    model = onnx.load(str(onnx_path))
+    floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    (classifier,) = [n for n in model.graph.node if n.name == "/cls/cls.2/Conv"]
+    assert classifier.input[1] not in floats
