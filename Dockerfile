@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# CPU image of the SPA Localizer service, serving the bundled demo model unless a model is mounted at /models.
+# CPU image of the SPA Localizer service. It serves the two bundled models (the real-photo one the
+# default); mount your own model directory at /models and set SPA_MODEL_DIRS=/models to serve it.
 #   docker build -t spa-localizer . && docker run --rm -p 8000:8000 --read-only --tmpfs /tmp spa-localizer
 
 # --- build: wheels for the project and its runtime dependencies (no torch, nothing from export/) ---
@@ -12,7 +13,7 @@ COPY export ./export
 COPY models ./models
 RUN python -m pip wheel --wheel-dir /wheels '.[cpu]'
 
-# --- runtime: the wheels installed into a venv, a non-root user, the demo model at /models ---
+# --- runtime: the wheels installed into a venv (the bundled models inside), a non-root user ---
 FROM python:3.11-slim AS runtime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
@@ -22,10 +23,9 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && /opt/spa/bin/pip install --no-index --find-links /wheels 'spa-localizer[cpu]' \
     && /opt/spa/bin/pip uninstall -y -q setuptools pip \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin spa
-COPY --chown=root:root models/demo /models
 # Settings (every SPA_* variable is documented in the README). One process per container: the
 # micro-batcher feeds one onnxruntime session that already uses every core the container gets.
-ENV SPA_MODEL_DIR=/models SPA_HOST=0.0.0.0 SPA_PORT=8000 SPA_SHUTDOWN_TIMEOUT_S=25
+ENV SPA_HOST=0.0.0.0 SPA_PORT=8000 SPA_SHUTDOWN_TIMEOUT_S=25
 USER 10001:10001
 EXPOSE 8000
 VOLUME ["/models"]

@@ -54,9 +54,10 @@ def wait_ready(client: httpx.Client, engine: str, container: str, timeout_s: flo
 def check_answers(client: httpx.Client, model_dir: Path) -> None:
     """Same classes, scores, boxes and heatmap pixels as the host's Localizer on the same model."""
     localizer = Localizer.from_settings(Settings(model_dir=model_dir, providers="cpu"))
-    card = client.get("/v1/models").json()
-    if card.get("name") != localizer.card.name:
-        fail(f"container serves {card.get('name')!r}, expected {localizer.card.name!r}")
+    name = localizer.card.name
+    served = [card.get("name") for card in client.get("/v1/models").json().get("models", [])]
+    if name not in served:
+        fail(f"container serves {served}, not {name!r}")
     samples = sorted((model_dir / "samples").glob("*.jpg"))
     if not samples:
         fail(f"no sample images in {model_dir / 'samples'}")
@@ -69,7 +70,9 @@ def check_answers(client: httpx.Client, model_dir: Path) -> None:
         image = decode_image(data, max_pixels=40_000_000)
         for options in cases:
             params = {"topk": options.topk, "method": options.method, "box_mode": options.box_mode}
-            response = client.post("/v1/localize", params=params, files={"image": (path.name, data, "image/jpeg")})
+            response = client.post(
+                f"/v1/models/{name}/localize", params=params, files={"image": (path.name, data, "image/jpeg")}
+            )
             if response.status_code != 200:
                 fail(f"{path.name} {params}: HTTP {response.status_code} {response.text[:300]}")
             got = response.json()

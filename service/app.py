@@ -8,9 +8,11 @@ Service (serving.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib.metadata import version
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -23,26 +25,45 @@ from .localize import Localizer
 from .metrics import Metrics, ObserveRequests
 from .middleware import API_KEY_HEADER, BodyLimit, RequireApiKey
 from .openapi import stated_limits
+from .registry import ModelRegistry
 from .routes import STATIC_DIR, add_routes
 from .serving import Service
 from .settings import Settings
 
 
-def create_app(settings: Settings | None = None, localizer: Localizer | None = None) -> FastAPI:
-    """The ASGI app. Without `localizer`, the lifespan loads one from `settings.model_dir`."""
+def create_app(
+    settings: Settings | None = None, localizer: Localizer | Sequence[Localizer] | None = None
+) -> FastAPI:
+    """The ASGI app. Without `localizer` (one, or several: the first is the default), the lifespan
+    loads the models of `settings.served_model_dirs()`."""
     settings = settings or Settings()
     metrics = Metrics(max_batch_size=settings.max_batch_size)
     admission = Admission(max_request_mp=settings.max_request_work_mp, max_in_flight_mp=settings.max_queued_work_mp)
-    service = Service(settings, metrics, admission)
+    registry = ModelRegistry(settings)
+    given = list(localizer) if isinstance(localizer, Sequence) else [localizer] if localizer is not None else []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = localizer or await asyncio.to_thread(Localizer.from_settings, settings)
-        await service.start(loaded)
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spa-infer")
+        pairs: list[tuple[Localizer, Path | None]]
+        if given:
+            # Their directories (for samples/) are the settings' when they line up, else unknown.
+            dirs = settings.served_model_dirs()
+            pairs = list(zip(given, dirs if len(dirs) == len(given) else [settings.model_dir] + [None] * len(given)))
+        else:
+            dirs = settings.served_model_dirs()
+            loaded = await asyncio.gather(*(asyncio.to_thread(Localizer.from_settings, settings, d) for d in dirs))
+            pairs = list(zip(loaded, dirs))
         try:
+            for loaded, model_dir in pairs:
+                samples = model_dir / "samples" if model_dir is not None and (model_dir / "samples").is_dir() else None
+                service = Service(settings, metrics, admission, loaded, worker=worker, samples_dir=samples)
+                registry.add(service)
+                await service.start()
             yield
         finally:
-            await service.stop()
+            await registry.stop()
+            worker.shutdown()
 
     app = FastAPI(
         title="SPA Localizer",
@@ -53,14 +74,13 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         docs_url=None,  # served from the package's own Swagger UI files (docs.py), not a CDN
         redoc_url=None,
     )
-    app.state.service = service
+    app.state.models = registry
+    app.state.metrics = metrics
     add_routes(app, with_api_key=settings.api_key is not None)
     add_offline_docs(app)
-    stated_limits(app, settings, lambda: service.localizer)
+    stated_limits(app, settings, registry)
     # The demo page (GET /) and its files; overlay.js is also what third-party pages import.
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    if (settings.model_dir / "samples").is_dir():
-        app.mount("/samples", StaticFiles(directory=settings.model_dir / "samples"), name="samples")
     install_error_handlers(app, retry_after_s=settings.retry_after_s)
 
     # add_middleware puts each new one outside the previous ones.
@@ -69,7 +89,7 @@ def create_app(settings: Settings | None = None, localizer: Localizer | None = N
         max_bytes=settings.max_body_bytes,
         gap_s=settings.body_timeout_s,
         deadline_s=settings.body_deadline_s,
-        drain_deadline=service.body_deadline,
+        drain_deadline=registry.body_deadline,
     )
     if settings.api_key is not None:
         app.add_middleware(

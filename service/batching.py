@@ -57,6 +57,7 @@ class MicroBatcher:
         max_delay_s: float,
         max_queue_size: int,
         on_batch: BatchObserver | None = None,
+        worker: ThreadPoolExecutor | None = None,
     ) -> None:
         self._localize = localize
         self._max_batch_size = max_batch_size
@@ -65,7 +66,9 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._pending: deque[_Job] = deque()
         self._arrived = asyncio.Event()
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spa-infer")
+        # Several batchers (one per model) may share one worker: one backbone call at a time in the process.
+        self._owns_worker = worker is None
+        self._worker = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="spa-infer")
         self._collector: asyncio.Task[None] | None = None
         self._accepting = False
 
@@ -102,7 +105,8 @@ class MicroBatcher:
         self._arrived.set()
         if self._collector is not None:
             await self._collector
-        await asyncio.get_running_loop().run_in_executor(None, self._worker.shutdown)
+        if self._owns_worker:
+            await asyncio.get_running_loop().run_in_executor(None, self._worker.shutdown)
 
     async def _collect(self) -> None:
         while self._pending or self._accepting:

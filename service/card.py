@@ -22,7 +22,7 @@ Precision = Literal["fp32", "fp16", "int8"]
 
 
 class ScgParams(BaseModel):
-    """SCG parameters (SPA_REFERENCE.md section 3)."""
+    """SCG parameters (docs/reference.md section 4)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

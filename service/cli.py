@@ -18,8 +18,8 @@ from .app import create_app
 from .connections import head_deadline_protocol
 from .errors import ModelLoadError
 from .localize import Localizer
-from .serving import Service
-from .settings import BUNDLED_MODEL_DIR, Settings
+from .registry import ModelRegistry
+from .settings import Settings
 
 log = logging.getLogger("spa_service.serve")
 
@@ -30,7 +30,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve an exported SPA model over HTTP. Every SPA_* environment variable applies; "
         "these options override their variables.",
     )
-    parser.add_argument("--model-dir", type=Path, help=f"model directory (SPA_MODEL_DIR; default {BUNDLED_MODEL_DIR})")
+    parser.add_argument(
+        "--model-dir", type=Path, action="append",
+        help="a model directory to serve; repeat it to serve several, the first the default (SPA_MODEL_DIRS; "
+        "default: both bundled models, the real-photo one first)",
+    )
     parser.add_argument("--host", help="address to listen on (SPA_HOST; default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (SPA_PORT; default 8000; 0 = any free port)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... (SPA_LOG_LEVEL; default INFO)")
@@ -41,7 +45,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         key: value
         for key, value in {
-            "model_dir": args.model_dir,
+            "model_dirs": args.model_dir,
             "host": args.host,
             "port": args.port,
             "log_level": args.log_level,
@@ -55,12 +59,12 @@ class _DrainingServer(uvicorn.Server):
     """Turns readiness off the moment a stop signal arrives, then lets uvicorn stop listening,
     finish the requests in flight and run the app's shutdown (which drains the batcher)."""
 
-    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+    def __init__(self, config: uvicorn.Config, models: ModelRegistry) -> None:
         super().__init__(config)
-        self._service = service
+        self._models = models
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._service.begin_shutdown()
+        self._models.begin_shutdown()
         super().handle_exit(sig, frame)
 
 
@@ -92,17 +96,24 @@ def serve(argv: list[str] | None = None) -> None:
     if not isinstance(logging.getLevelName(level), int):
         parser.error(f"unknown log level {settings.log_level!r} (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
-    if not settings.model_dir.is_dir():
-        hint = " (the bundled demo model is not in this checkout)" if settings.model_dir == BUNDLED_MODEL_DIR else ""
-        parser.exit(2, f"spa-serve: error: model directory {settings.model_dir} does not exist{hint}; "
-                       "pass --model-dir or set SPA_MODEL_DIR\n")
+    dirs = settings.served_model_dirs()
+    if not dirs:
+        parser.exit(2, "spa-serve: error: no model to serve (the bundled models are not in this checkout); "
+                       "pass --model-dir or set SPA_MODEL_DIRS\n")
+    for model_dir in dirs:
+        if not model_dir.is_dir():
+            parser.exit(2, f"spa-serve: error: model directory {model_dir} does not exist; "
+                           "pass --model-dir or set SPA_MODEL_DIRS\n")
     limit_blas_threads()
     try:
-        localizer = Localizer.from_settings(settings)
+        localizers = [Localizer.from_settings(settings, model_dir) for model_dir in dirs]
     except ModelLoadError as exc:
         parser.exit(1, f"spa-serve: error: {exc}\n")
+    names = [localizer.card.name for localizer in localizers]
+    if len(set(names)) != len(names):
+        parser.exit(2, f"spa-serve: error: the model directories hold models of the same name ({names})\n")
 
-    app = create_app(settings, localizer)
+    app = create_app(settings, localizers)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -115,10 +126,10 @@ def serve(argv: list[str] | None = None) -> None:
         http=head_deadline_protocol(settings.head_timeout_s),
         lifespan="on",
     )
-    server = _DrainingServer(config, app.state.service)
+    server = _DrainingServer(config, app.state.models)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _drained)
-    log.info("serving %s on http://%s:%d", localizer.card.name, settings.host, settings.port)
+    log.info("serving %s on http://%s:%d", ", ".join(names), settings.host, settings.port)
     server.run()
     if not server.started:  # e.g. the port was taken; uvicorn has logged why
         sys.exit(1)

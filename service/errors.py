@@ -77,3 +77,9 @@ class RequestTooCostly(SpaError):
     """One request asks for more work than the server takes in one request, however idle it is."""
 
     code = "request_too_costly"
+
+
+class UnknownModelError(SpaError):
+    """A model name this server does not serve."""
+
+    code = "unknown_model"

@@ -21,6 +21,7 @@ from .errors import (
     ShuttingDown,
     SpaError,
     TooManyImagesError,
+    UnknownModelError,
     UnsupportedFormatError,
     UnsupportedMediaTypeError,
 )
@@ -37,6 +38,7 @@ STATUS_BY_ERROR: dict[type[SpaError], int] = {
     ImageTooLargeError: 413,
     InvalidRequestError: 422,
     RequestTooCostly: 413,
+    UnknownModelError: 404,
     Overloaded: 503,
     ShuttingDown: 503,
 }

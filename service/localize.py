@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -20,7 +21,7 @@ from PIL import Image
 from .arrays import Array, array_namespace, to_numpy
 from .boxes import Box, BoxMode, boxes_of_maps
 from .card import Method, ModelCard, ScgParams, load_card
-from .engine import BackboneOutputs, Engine
+from .engine import BackboneOutputs, Engine, warmup_batch_sizes
 from .errors import InvalidRequestError
 from .imaging import DecodedImage, preprocess
 from .resize import resize_maps, roundtrip_maps
@@ -145,11 +146,10 @@ class Localizer:
     _warm: bool = field(default=False, init=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Localizer:
-        card, onnx_path = load_card(settings.model_dir)
-        engine = Engine(
-            onnx_path, card, providers=settings.providers, intra_op_threads=settings.intra_op_threads
-        )
+    def from_settings(cls, settings: Settings, model_dir: Path | None = None) -> Localizer:
+        """The model in `model_dir` (default: `settings.model_dir`), run as the settings say."""
+        card, onnx_path = load_card(model_dir or settings.model_dir)
+        engine = Engine.from_settings(onnx_path, card, settings)
         return cls(card=card, engine=engine, max_batch_size=settings.max_batch_size, scg_mode=settings.scg_mode)
 
     def validate(self, options: LocalizeOptions) -> None:
@@ -245,11 +245,13 @@ class Localizer:
         )
 
     def warmup(self) -> None:
-        """One full pass on a synthetic image, so the first request pays no start-up costs."""
+        """Full passes on a synthetic image, so the first request pays no start-up costs: one image
+        on CPU, every batch size the batcher can form on CUDA (`engine.warmup_batch_sizes`)."""
         h, w = self.card.input_size
         gradient = np.linspace(0, 255, h * w * 3, dtype=np.float32).reshape(h, w, 3).astype(np.uint8)
         image = DecodedImage(image=Image.fromarray(gradient, mode="RGB"), format="synthetic")
-        self.localize([image], [LocalizeOptions(topk=1, method="scg")])
+        for size in warmup_batch_sizes(self.max_batch_size, self.engine.on_gpu):
+            self.localize([image] * size, [LocalizeOptions(topk=1, method="scg")] * size)
         self._warm = True
 
     @property

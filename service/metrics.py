@@ -56,34 +56,38 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             "spa_stage_duration_seconds",
-            "Time each image spent in each stage (decode, queue, ...; model stages: its whole batch)",
-            ["stage"],
+            "Time each image spent in each stage (decode, queue, ...; model stages: its whole batch), by model",
+            ["model", "stage"],
             buckets=STAGE_BUCKETS, registry=self.registry,
         )
         self.batch_size = Histogram(
-            "spa_batch_size", "Images per backbone call", buckets=_batch_buckets(max_batch_size),
+            "spa_batch_size", "Images per backbone call, by model", ["model"], buckets=_batch_buckets(max_batch_size),
             registry=self.registry,
         )
         self.batch_seconds = Histogram(
-            "spa_batch_duration_seconds", "Wall time of one localize call (whole batch)", buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            "spa_batch_duration_seconds", "Wall time of one localize call (whole batch), by model", ["model"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
         )
-        self.queue_depth = Gauge("spa_queue_depth", "Images waiting for the backbone", registry=self.registry)
-        self.images = Counter("spa_images_processed", "Images localized", registry=self.registry)
-        self.ready = Gauge("spa_ready", "1 when the model is loaded and warmed up", registry=self.registry)
+        self.queue_depth = Gauge(
+            "spa_queue_depth", "Images waiting for the backbone, by model", ["model"], registry=self.registry
+        )
+        self.images = Counter("spa_images_processed", "Images localized, by model", ["model"], registry=self.registry)
+        self.ready = Gauge(
+            "spa_ready", "1 when the model is loaded and warmed up, by model", ["model"], registry=self.registry
+        )
 
-    def track_queue(self, depth: Callable[[], int]) -> None:
+    def track_queue(self, model: str, depth: Callable[[], int]) -> None:
         """Read the queue depth when scraped, so it is never stale."""
-        self.queue_depth.set_function(depth)
+        self.queue_depth.labels(model).set_function(depth)
 
-    def observe_batch(self, size: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.batch_seconds.observe(seconds)
-        self.images.inc(size)
+    def observe_batch(self, model: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(model).observe(size)
+        self.batch_seconds.labels(model).observe(seconds)
+        self.images.labels(model).inc(size)
 
-    def observe_stages(self, timings_ms: Mapping[str, float]) -> None:
+    def observe_stages(self, model: str, timings_ms: Mapping[str, float]) -> None:
         for stage, ms in timings_ms.items():
-            self.stage_seconds.labels(stage).observe(ms / 1000.0)
+            self.stage_seconds.labels(model, stage).observe(ms / 1000.0)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type."""

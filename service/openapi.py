@@ -4,29 +4,31 @@ from the settings, the required image parts."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from .localize import Localizer
+from .registry import ModelRegistry
 from .settings import Settings
 
-LOCALIZE_PATHS = ("/v1/localize", "/v1/localize/batch")
+DEFAULT_MODEL_PATHS = ("/v1/localize", "/v1/localize/batch")
+NAMED_MODEL_PATHS = ("/v1/models/{name}/localize", "/v1/models/{name}/localize/batch")
 
 
-def stated_limits(app: FastAPI, settings: Settings, localizer: Callable[[], Localizer | None]) -> None:
-    """Make `app.openapi()` state the limits; cached once the model is loaded."""
+def stated_limits(app: FastAPI, settings: Settings, registry: ModelRegistry) -> None:
+    """Make `app.openapi()` state the limits; cached once the models are loaded."""
 
     def openapi() -> dict:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-        loaded = localizer()
-        for path in LOCALIZE_PATHS:
+        loaded = bool(registry.services)
+        for path in DEFAULT_MODEL_PATHS + NAMED_MODEL_PATHS:
             operation = schema["paths"][path]["post"]
-            if loaded is not None:
-                _bound_classes(operation, loaded.card.num_classes)
+            if loaded and path in DEFAULT_MODEL_PATHS:
+                _bound_classes(operation, registry.default.localizer.card.num_classes)
+            elif loaded:  # one schema for every model: the bound of the largest, and the names there are
+                _bound_classes(operation, max(s.localizer.card.num_classes for s in registry.services.values()))
+                _name_enum(operation, list(registry.services))
             if path.endswith("/batch"):
                 form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
                 form["properties"]["images"]["maxItems"] = settings.max_batch_images
@@ -35,7 +37,9 @@ def stated_limits(app: FastAPI, settings: Settings, localizer: Callable[[], Loca
                 "pixels (judged from the header). Binary parts must be images in a format the server decodes "
                 "(JPEG, PNG, WebP, BMP, GIF, TIFF): anything else is answered 415 or 422."
             )
-        if loaded is not None:
+        if loaded:
+            for path in ("/v1/models/{name}", "/v1/models/{name}/samples"):
+                _name_enum(schema["paths"][path]["get"], list(registry.services))
             app.openapi_schema = schema
         return schema
 
@@ -48,3 +52,9 @@ def _bound_classes(operation: dict, num_classes: int) -> None:
             parameter["schema"]["maximum"] = num_classes
         elif parameter["name"] == "class_id":
             parameter["schema"]["items"]["maximum"] = num_classes - 1
+
+
+def _name_enum(operation: dict, names: list[str]) -> None:
+    for parameter in operation["parameters"]:
+        if parameter["name"] == "name":
+            parameter["schema"]["enum"] = names

@@ -14,8 +14,10 @@ from urllib.parse import quote
 from fastapi import FastAPI, Query, Request, Security
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
+from starlette.exceptions import HTTPException
 
 from .errors import ImageError
+from .registry import ModelRegistry
 from .http_errors import error_response
 from .middleware import API_KEY_HEADER
 from .schemas import BatchResponse, ErrorBody, ErrorResponse, LocalizeParams, LocalizeResponse, StatusResponse
@@ -35,11 +37,17 @@ ERROR_DOCS = {
     415: "`unsupported_media_type`, `not_an_image`, `unsupported_format`",
     422: "`missing_image`, `empty_image`, `truncated_image`, `invalid_parameter`",
     503: "`overloaded` (busy) or `shutting_down`; retry after `Retry-After` seconds",
+    404: "`unknown_model`: no model of that name (the message lists the ones there are)",
 }
 
 
-def service_of(request: Request) -> Service:
-    return request.app.state.service
+def registry_of(request: Request) -> ModelRegistry:
+    return request.app.state.models
+
+
+def service_of(request: Request, name: str | None = None) -> Service:
+    """The model called `name`, or the default one."""
+    return registry_of(request).get(name)
 
 
 def _errors(*statuses: int) -> dict:
@@ -58,8 +66,16 @@ def _image_body(field: str, *, many: bool) -> dict:
 
 
 async def localize(request: Request, params: Annotated[LocalizeParams, Query()]) -> LocalizeResponse:
+    return await _localize_one(request, params, None)
+
+
+async def localize_with(name: str, request: Request, params: Annotated[LocalizeParams, Query()]) -> LocalizeResponse:
+    return await _localize_one(request, params, name)
+
+
+async def _localize_one(request: Request, params: LocalizeParams, name: str | None) -> LocalizeResponse:
     started = time.perf_counter()
-    service = service_of(request)
+    service = service_of(request, name)
     options = service.options(params)
     data = await read_one_image(request)
     processed = await service.process([data], params, options, started)
@@ -72,8 +88,18 @@ async def localize(request: Request, params: Annotated[LocalizeParams, Query()])
 
 
 async def localize_batch(request: Request, params: Annotated[LocalizeParams, Query()]) -> BatchResponse:
+    return await _localize_many(request, params, None)
+
+
+async def localize_batch_with(
+    name: str, request: Request, params: Annotated[LocalizeParams, Query()]
+) -> BatchResponse:
+    return await _localize_many(request, params, name)
+
+
+async def _localize_many(request: Request, params: LocalizeParams, name: str | None) -> BatchResponse:
     started = time.perf_counter()
-    service = service_of(request)
+    service = service_of(request, name)
     options = service.options(params)
     payloads = await read_batch_images(request, service.settings.max_batch_images)
     processed = await service.process(payloads, params, options, started)
@@ -87,18 +113,57 @@ async def localize_batch(request: Request, params: Annotated[LocalizeParams, Que
     )
 
 
+def _model_info(service: Service) -> dict:
+    """The card, and what runs it: the provider in use, and whether CUDA was wanted but fell back to the CPU."""
+    engine = service.localizer.engine
+    return {
+        **service.localizer.card.public(),
+        "providers": engine.providers,
+        "provider": engine.provider,
+        "cuda_fallback": engine.cuda_fallback,
+    }
+
+
 async def models(request: Request) -> dict:
-    service = service_of(request)
-    return {**service.localizer.card.public(), "providers": service.localizer.engine.providers}
+    registry = registry_of(request)
+    return {"default": registry.default.name, "models": [_model_info(s) for s in registry.services.values()]}
+
+
+async def model(name: str, request: Request) -> dict:
+    return _model_info(service_of(request, name))
+
+
+def _sample_files(service: Service) -> list[Path]:
+    folder = service.samples_dir
+    files = sorted(folder.iterdir()) if folder is not None else []
+    return [path for path in files if path.is_file() and path.suffix.lower() in SAMPLE_SUFFIXES]
+
+
+def _samples(service: Service) -> dict:
+    """The demo page's sample strip: the images in the model directory's samples/ folder.
+    URLs are relative to the page, so the page works behind a path-prefix proxy."""
+    return {
+        "samples": [
+            {"name": path.name, "url": f"samples/{quote(service.name)}/{quote(path.name)}"}
+            for path in _sample_files(service)
+        ]
+    }
 
 
 async def samples(request: Request) -> dict:
-    """The demo page's sample strip: the images in the model directory's samples/ folder.
-    URLs are relative to the page, so the page works behind a path-prefix proxy."""
-    folder = service_of(request).settings.model_dir / "samples"
-    files = sorted(folder.iterdir()) if folder.is_dir() else []
-    names = [path.name for path in files if path.suffix.lower() in SAMPLE_SUFFIXES]
-    return {"samples": [{"name": name, "url": f"samples/{quote(name)}"} for name in names]}
+    return _samples(service_of(request))
+
+
+async def model_samples(name: str, request: Request) -> dict:
+    return _samples(service_of(request, name))
+
+
+async def sample_file(name: str, file: str, request: Request) -> FileResponse:
+    """One sample image; only the files the listing names are served."""
+    found = {path.name: path for path in _sample_files(service_of(request, name))}
+    if file not in found:
+        raise HTTPException(404, f"model {name!r} has no sample {file!r}")
+    return FileResponse(found[file])
 
 
 async def index() -> FileResponse:
@@ -110,14 +175,14 @@ async def healthz() -> StatusResponse:
 
 
 async def readyz(request: Request) -> Response:
-    service = service_of(request)
-    if not service.ready:
-        return error_response(503, "not_ready", service.not_ready_reason)
+    registry = registry_of(request)
+    if not registry.ready:
+        return error_response(503, "not_ready", registry.not_ready_reason())
     return JSONResponse({"status": "ready"})
 
 
 async def metrics(request: Request) -> Response:
-    body, content_type = service_of(request).metrics.exposition()
+    body, content_type = request.app.state.metrics.exposition()
     return Response(body, media_type=content_type)
 
 
@@ -137,13 +202,32 @@ def add_routes(app: FastAPI, *, with_api_key: bool) -> None:
         tags=["localize"], openapi_extra=_image_body("images", many=True), responses=errors,
     )
     app.add_api_route(
+        "/v1/models/{name}/localize", localize_with, methods=["POST"], response_model=LocalizeResponse,
+        dependencies=security, summary="Classes, heatmaps and boxes for one image, by the model `name`",
+        tags=["localize"], openapi_extra=_image_body("image", many=False), responses={**errors, **_errors(404)},
+    )
+    app.add_api_route(
+        "/v1/models/{name}/localize/batch", localize_batch_with, methods=["POST"], response_model=BatchResponse,
+        dependencies=security, summary="Several images in one request, by the model `name`",
+        tags=["localize"], openapi_extra=_image_body("images", many=True), responses={**errors, **_errors(404)},
+    )
+    app.add_api_route(
         "/v1/models", models, methods=["GET"], dependencies=security, tags=["localize"],
-        summary="The model card, and the onnxruntime providers running it",
+        summary="The models served (the default first): each one's card and the onnxruntime providers running it",
+    )
+    app.add_api_route(
+        "/v1/models/{name}", model, methods=["GET"], dependencies=security, tags=["localize"],
+        summary="One model's card and providers", responses=_errors(404),
     )
     app.add_api_route(
         "/v1/samples", samples, methods=["GET"], dependencies=security, tags=["demo"],
-        summary="Sample images for the demo page (the model directory's samples/ folder)",
+        summary="The default model's sample images for the demo page (its directory's samples/ folder)",
     )
+    app.add_api_route(
+        "/v1/models/{name}/samples", model_samples, methods=["GET"], dependencies=security, tags=["demo"],
+        summary="One model's sample images for the demo page", responses=_errors(404),
+    )
+    app.add_api_route("/samples/{name}/{file}", sample_file, methods=["GET"], include_in_schema=False)
     app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
     app.add_api_route(
         "/healthz", healthz, methods=["GET"], response_model=StatusResponse, tags=["operations"],

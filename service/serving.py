@@ -12,8 +12,10 @@ import ctypes
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import anyio
 
@@ -29,7 +31,6 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-DRAIN_MARGIN_S = 2.0  # answered this long before the shutdown timeout: time to write the 503
 TRIM_AFTER_MP = 50.0  # requests this large hand their freed memory back to the system
 
 
@@ -48,32 +49,49 @@ class Processed:
 
 
 class Service:
-    """One model, served: start / stop, readiness, and `process` for the routes."""
+    """One model, served: start / stop, readiness, and `process` for the routes.
 
-    def __init__(self, settings: Settings, metrics: Metrics, admission: Admission) -> None:
+    The services of one process share the admission budget (memory is the process's) and the
+    inference worker: one backbone call at a time, each using every core onnxruntime is given.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        admission: Admission,
+        localizer: Localizer,
+        *,
+        worker: ThreadPoolExecutor,
+        samples_dir: Path | None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.admission = admission
-        self.localizer: Localizer | None = None
+        self.localizer = localizer
+        self.name = localizer.card.name
+        self.worker = worker
+        self.samples_dir = samples_dir
         self.batcher: MicroBatcher | None = None
         self.ready = False
         self.not_ready_reason = "warming up"
         self._cpu: anyio.CapacityLimiter | None = None
         self._warmup: asyncio.Task[None] | None = None
-        self._drain_started: float | None = None  # time.monotonic() when the drain began
 
-    async def start(self, localizer: Localizer) -> None:
+    async def start(self) -> None:
         """Start serving; readiness follows once the warm-up inference is done."""
-        self.localizer = localizer
+        localizer = self.localizer
         self._cpu = anyio.CapacityLimiter(self.settings.decode_threads)
         self.batcher = MicroBatcher(
             localizer.localize,
             max_batch_size=min(self.settings.max_batch_size, localizer.max_batch_size),
             max_delay_s=self.settings.max_queue_delay_ms / 1000.0,
             max_queue_size=self.settings.max_queue_size,
-            on_batch=self.metrics.observe_batch,
+            on_batch=partial(self.metrics.observe_batch, self.name),
+            worker=self.worker,
         )
-        self.metrics.track_queue(lambda: self.batcher.queue_depth)
+        self.metrics.ready.labels(self.name).set(0)
+        self.metrics.track_queue(self.name, lambda: self.batcher.queue_depth)
         self.batcher.start()
         self._warmup = asyncio.create_task(self._warm_up(), name="spa-warmup")
 
@@ -86,25 +104,14 @@ class Service:
             self.not_ready_reason = f"warm-up failed: {type(exc).__name__}: {exc}"
             return
         self.ready = True
-        self.metrics.ready.set(1)
+        self.metrics.ready.labels(self.name).set(1)
         log.info("model %s ready (warm-up %.0f ms)", self.localizer.card.name, (time.perf_counter() - started) * 1e3)
 
     def begin_shutdown(self) -> None:
         """Readiness goes false first, so load balancers stop sending before anything stops."""
-        if self._drain_started is None:
-            self._drain_started = time.monotonic()
-            log.info("shutting down: readiness off, draining the requests in flight")
         self.ready = False
         self.not_ready_reason = "shutting down"
-        self.metrics.ready.set(0)
-
-    def body_deadline(self) -> float | None:
-        """Once draining: by when request bodies must have arrived, a margin before the shutdown
-        timeout ends, so a stalled upload is answered (503 shutting_down) rather than cut off."""
-        if self._drain_started is None:
-            return None
-        timeout = self.settings.shutdown_timeout_s
-        return self._drain_started + max(timeout / 2, timeout - DRAIN_MARGIN_S)
+        self.metrics.ready.labels(self.name).set(0)
 
     async def stop(self) -> None:
         self.begin_shutdown()
@@ -181,7 +188,7 @@ class Service:
         render = partial(
             render_localization,
             done.localization,
-            model_name=self.localizer.card.name,
+            model_name=self.name,
             heatmap=params.heatmap,
             heatmap_max_side=self.settings.heatmap_max_side,
             timings_ms={"decode": decode_ms, "queue": done.queue_ms},
@@ -190,5 +197,5 @@ class Service:
         now = time.perf_counter()
         response.timings_ms["encode"] = (now - encode_started) * 1e3
         response.timings_ms["total"] = (now - started) * 1e3
-        self.metrics.observe_stages(response.timings_ms)
+        self.metrics.observe_stages(self.name, response.timings_ms)
         return response

@@ -11,13 +11,20 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import spa_models
 
-BUNDLED_MODEL_DIR = Path(spa_models.__file__).resolve().parent / "demo"
+BUNDLED_MODELS = Path(spa_models.__file__).resolve().parent
+BUNDLED_MODEL_DIR = BUNDLED_MODELS / "demo"  # the default of the one-model tools (spa-eval, spa-batch)
+BUNDLED_PHOTO_MODEL_DIR = BUNDLED_MODELS / "imagenet-lite0"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPA_", extra="ignore")
 
     model_dir: Path = Field(BUNDLED_MODEL_DIR, description="Directory with model.onnx and model.json")
+    model_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Model directories spa-serve serves, the first the default (comma-separated); unset: "
+        "SPA_MODEL_DIR if set, else both bundled models, the real-photo one first",
+    )
     providers: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="onnxruntime execution provider: auto = CUDA when available, else CPU"
     )
@@ -82,7 +89,15 @@ class Settings(BaseSettings):
         512, ge=1, description="Most concurrent connections; above it uvicorn answers a plain-text 503"
     )
 
-    @field_validator("cors_origins", "api_key_paths", mode="before")
+    def served_model_dirs(self) -> list[Path]:
+        """The directories spa-serve serves, the default model's first."""
+        if self.model_dirs:
+            return self.model_dirs
+        if "model_dir" in self.model_fields_set:
+            return [self.model_dir]
+        return [d for d in (BUNDLED_PHOTO_MODEL_DIR, BUNDLED_MODEL_DIR) if d.is_dir()]
+
+    @field_validator("cors_origins", "api_key_paths", "model_dirs", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):

@@ -1,4 +1,5 @@
-// The demo page: pick, drop or sample an image; POST it to v1/localize with the chosen options;
+// The demo page: pick a model, then pick, drop or sample an image; POST it to that model's
+// v1/models/NAME/localize with the chosen options;
 // draw the answer with overlay.js; list the classes and timings. Every failure ends in a visible
 // message. <body data-state> is loading | idle | busy | done | error, for styling and for tests.
 import { BOX_COLOURS, drawLocalization } from "./overlay.js";
@@ -6,6 +7,7 @@ import { BOX_COLOURS, drawLocalization } from "./overlay.js";
 const $ = (id) => document.getElementById(id);
 const ui = {
   model: $("model"),
+  modelPicker: $("model-picker"),
   precision: $("precision"),
   form: $("controls"),
   drop: $("drop"),
@@ -33,7 +35,8 @@ const ui = {
 };
 
 const state = {
-  card: null, // GET v1/models, once loaded
+  models: [], // GET v1/models: each served model's card, the default first
+  card: null, // the chosen model's card
   file: null, // the File chosen last
   image: null, // promise of its ImageBitmap, or of null when the browser cannot decode it
   shown: null, // what the result area shows: {name, image, result}, result being the API's answer
@@ -184,7 +187,8 @@ async function localize({ reveal = false } = {}) {
   setState("busy", `Localizing ${file.name}…`);
   const started = performance.now();
   try {
-    const result = await callApi(`v1/localize?${params}`, { method: "POST", body, signal: request.signal });
+    const path = `v1/models/${encodeURIComponent(state.card.name)}/localize?${params}`;
+    const result = await callApi(path, { method: "POST", body, signal: request.signal });
     const roundTripMs = performance.now() - started;
     const image = await decoding;
     if (state.request !== request) return;
@@ -226,19 +230,39 @@ async function useSample(sample) {
   }
 }
 
-async function loadCard() {
+/** The served models into the picker; the default one (listed first) is chosen. */
+async function loadModels() {
+  let listing;
   try {
-    state.card = await callApi("v1/models");
+    listing = await callApi("v1/models");
   } catch (error) {
     ui.model.textContent = "Model card unavailable";
     showError(error);
-    return;
+    return false;
   }
-  const { name, arch, num_classes: classes } = state.card;
-  ui.model.textContent = `${name} · ${arch} · ${plural(classes, "class", "classes")}`;
+  state.models = listing.models;
+  ui.modelPicker.replaceChildren(
+    ...state.models.map(({ name, arch, num_classes: classes }) => {
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = `${name} (${arch}, ${plural(classes, "class", "classes")})`;
+      return option;
+    }),
+  );
+  ui.modelPicker.value = state.card?.name ?? listing.default;
+  return true;
+}
+
+/** Show the picked model's card and samples. */
+async function useModel(name) {
+  state.card = state.models.find((card) => card.name === name) ?? state.models[0];
+  const { arch, num_classes: classes } = state.card;
+  ui.model.textContent = `${state.card.name} · ${arch} · ${plural(classes, "class", "classes")}`;
   showPrecision(state.card);
   ui.topk.max = classes;
+  ui.topk.value = Math.min(classes, Number(ui.topk.value) || 1);
   applyDefaultThreshold();
+  await loadSamples(state.card.name);
 }
 
 /** Which precision runs and, for fp16 / int8, how closely it agrees with the fp32 model (the card's figures). */
@@ -252,11 +276,12 @@ function showPrecision({ precision = "fp32", variant }) {
 }
 
 /** The strip stays hidden when the service has no samples (or no v1/samples route at all). */
-async function loadSamples() {
+async function loadSamples(model) {
   let samples;
   try {
-    ({ samples } = await callApi("v1/samples"));
+    ({ samples } = await callApi(`v1/models/${encodeURIComponent(model)}/samples`));
   } catch {
+    ui.samples.hidden = true;
     return;
   }
   ui.sampleList.replaceChildren(
@@ -325,6 +350,10 @@ ui.topk.addEventListener("change", () => {
   ui.topk.value = Math.min(max, Math.max(1, Math.round(Number(ui.topk.value) || 1)));
   rerunSoon();
 });
+ui.modelPicker.addEventListener("change", async () => {
+  await useModel(ui.modelPicker.value);
+  if (state.file) localize();
+});
 ui.method.addEventListener("change", () => {
   applyDefaultThreshold();
   rerunSoon();
@@ -340,11 +369,11 @@ ui.opacity.addEventListener("input", () => {
 });
 ui.apiKey.addEventListener("change", start);
 
-/** Load the model card and the samples; then localize the current image, if there is one. */
+/** Load the models and the chosen one's samples; then localize the current image, if there is one. */
 async function start() {
   setState("loading", "Loading the model card…");
-  await Promise.all([loadCard(), loadSamples()]);
-  if (document.body.dataset.state !== "loading") return; // loadCard showed why it failed
+  if (!(await loadModels())) return; // it showed why it failed
+  await useModel(ui.modelPicker.value);
   if (state.file) localize();
   else setState("idle", "Choose an image to start.");
 }

@@ -71,7 +71,8 @@ def localize_with(page: Page, action: Callable[[], None], **wanted: str) -> tupl
     def awaited(response: Response) -> bool:
         url = urlsplit(response.url)
         query = dict(parse_qsl(url.query))
-        return url.path == "/v1/localize" and all(query.get(k) == v for k, v in wanted.items())
+        # The page asks the chosen model by name: /v1/models/NAME/localize.
+        return url.path.endswith("/localize") and all(query.get(k) == v for k, v in wanted.items())
 
     with page.expect_response(awaited) as answer:
         action()

@@ -54,7 +54,7 @@ def test_uploaded_photo_is_drawn_as_the_api_answers(
     page.fill("#topk", "3")
     query, answer = localize_with(page, lambda: page.set_input_files("#file", photo))
 
-    card = httpx.get(f"{server.url}/v1/models").json()
+    card = httpx.get(f"{server.url}/v1/models").json()["models"][0]
     threshold = str(card["box_threshold"]["scg"])
     assert query == {"topk": "3", "method": "scg", "threshold": threshold, "box_mode": "union"}
     assert len(answer["predictions"]) == 3
@@ -87,7 +87,7 @@ def test_options_rerun_and_redraw(new_page: Callable[..., Page], server: Server)
     localize_with(page, lambda: page.set_input_files("#file", photo))
 
     # CAM brings its own default threshold from the model card; boxes per region.
-    card = httpx.get(f"{server.url}/v1/models").json()
+    card = httpx.get(f"{server.url}/v1/models").json()["models"][0]
 
     def change_options() -> None:
         page.select_option("#method", "cam")
@@ -173,7 +173,7 @@ def test_sample_is_one_click_away(new_page: Callable[..., Page], server: Server)
 
 def test_sample_strip_hidden_without_the_samples_route(new_page: Callable[..., Page], server: Server) -> None:
     page = new_page()
-    page.route("**/v1/samples", lambda route: route.fulfill(status=404, json={"error": {"code": "not_found"}}))
+    page.route("**/v1/models/*/samples", lambda route: route.fulfill(status=404, json={"error": {"code": "not_found"}}))
     page.goto(server.url + "/")
     page.wait_for_selector("body[data-state=idle]")
     assert page.is_hidden("#samples") and page.is_hidden("#error")
@@ -209,7 +209,7 @@ def test_oversized_file_shows_the_limit(new_page: Callable[..., Page], server: S
 
 def test_network_failure_is_shown(new_page: Callable[..., Page], server: Server) -> None:
     page = open_demo(new_page, server)
-    page.route("**/v1/localize*", lambda route: route.abort("connectionrefused"))
+    page.route("**/localize?*", lambda route: route.abort("connectionrefused"))
     message = error_after(page, lambda: page.set_input_files("#file", PHOTOS[0]))
     assert "Could not reach the service" in message
 

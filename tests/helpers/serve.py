@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +38,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def spa_serve(model_dir: Path, log_path: Path, **env: str) -> Iterator[Server]:
-    """`spa-serve` on a free loopback port, ready (warm-up done) when this yields; stopped after."""
+def spa_serve(model_dir: Path | Sequence[Path], log_path: Path, **env: str) -> Iterator[Server]:
+    """`spa-serve` on a free loopback port, serving the model directory (or several, the first the
+    default), ready (warm-up done) when this yields; stopped after."""
     assert SPA_SERVE.exists(), f"{SPA_SERVE} missing: reinstall the package (pip install -e .)"
     port = free_port()
+    dirs = [model_dir] if isinstance(model_dir, Path) else list(model_dir)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(SPA_SERVE), "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)],
+            [str(SPA_SERVE), *(f"--model-dir={d}" for d in dirs), "--host", "127.0.0.1", "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **env},

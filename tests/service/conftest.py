@@ -45,4 +45,4 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def localizer(app: FastAPI, client: httpx.AsyncClient) -> Localizer:
     """The Localizer the app loaded (call it only while no request is in flight)."""
-    return app.state.service.localizer
+    return app.state.models.default.localizer

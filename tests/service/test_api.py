@@ -128,8 +128,12 @@ async def test_batch_mixes_good_and_bad_images(client: httpx.AsyncClient, locali
 async def test_models_is_the_card_and_the_providers(client: httpx.AsyncClient, localizer: Localizer) -> None:
     response = await client.get("/v1/models")
     assert response.status_code == 200
-    body = response.json()
-    assert body.pop("providers") == ["CPUExecutionProvider"]
+    listing = response.json()
+    assert listing["default"] == localizer.card.name and len(listing["models"]) == 1
+    [body] = listing["models"]
+    assert body == (await client.get(f"/v1/models/{localizer.card.name}")).json()
+    assert body.pop("providers") == ["CPUExecutionProvider"] and body.pop("provider") == "CPUExecutionProvider"
+    assert body.pop("cuda_fallback") is False
     assert body == localizer.card.model_dump(mode="json")
     assert body["onnx_sha256"] == localizer.card.onnx_sha256 and body["io"]["image"] == "image"
 

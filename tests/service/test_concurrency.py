@@ -74,7 +74,7 @@ async def test_parallel_requests_are_batched_and_match_single_requests(settings_
         requests = asyncio.gather(
             *(client.post("/v1/localize", params={"topk": 2}, files={"image": ("i", data)}) for data in images)
         )
-        await until(lambda: app.state.service.batcher.queue_depth >= 8)
+        await until(lambda: app.state.models.default.batcher.queue_depth >= 8)
         held.set()
         responses = await requests
         after = samples((await client.get("/metrics")).text)
@@ -94,12 +94,14 @@ async def test_parallel_requests_are_batched_and_match_single_requests(settings_
 
     route = (("route", "/v1/localize"), ("status", "200"))
     assert after[("spa_requests_total", route)] - before.get(("spa_requests_total", route), 0) == 32
-    assert after[("spa_images_processed_total", ())] - before[("spa_images_processed_total", ())] == 32
-    batches = after[("spa_batch_size_count", ())] - before[("spa_batch_size_count", ())]
-    singles = after[("spa_batch_size_bucket", (("le", "1.0"),))] - before[("spa_batch_size_bucket", (("le", "1.0"),))]
+    model = (("model", localizer.card.name),)
+    assert after[("spa_images_processed_total", model)] - before.get(("spa_images_processed_total", model), 0) == 32
+    batches = after[("spa_batch_size_count", model)] - before.get(("spa_batch_size_count", model), 0)
+    single = (("le", "1.0"), *model)
+    singles = after[("spa_batch_size_bucket", single)] - before.get(("spa_batch_size_bucket", single), 0)
     assert batches < 32 and singles < batches, "no batch of more than one image"
-    assert ("spa_stage_duration_seconds_count", (("stage", "backbone"),)) in after
-    assert after[("spa_queue_depth", ())] == 0
+    assert ("spa_stage_duration_seconds_count", (*model, ("stage", "backbone"))) in after
+    assert after[("spa_queue_depth", model)] == 0
 
 
 async def test_full_queue_answers_503_with_retry_after(settings_for) -> None:
@@ -130,30 +132,31 @@ async def test_ready_only_after_warm_up(settings_for) -> None:
         assert response.status_code == 503
         assert response.json()["error"] == {"code": "not_ready", "message": "warming up"}
         assert (await client.get("/healthz")).status_code == 200
-        assert "spa_ready 0.0" in (await client.get("/metrics")).text
+        ready = f'spa_ready{{model="{gated.card.name}"}}'
+        assert f"{ready} 0.0" in (await client.get("/metrics")).text
         gate.set()
         deadline = time.monotonic() + 10
         while (await client.get("/readyz")).status_code != 200:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
-        assert "spa_ready 1.0" in (await client.get("/metrics")).text
+        assert f"{ready} 1.0" in (await client.get("/metrics")).text
 
 
 async def test_shutdown_turns_readiness_off_first_and_drains(settings_for) -> None:
     settings = settings_for(max_batch_size=1, max_queue_delay_ms=0)
     slow = SlowLocalizer(Localizer.from_settings(settings), delay_s=0.2)
     app = create_app(settings, slow)
-    service = app.state.service
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as client:
         async with app.router.lifespan_context(app):
             await wait_ready(client)
+            service = app.state.models.default
             in_flight = [
                 asyncio.create_task(client.post("/v1/localize", files={"image": ("i", make_image(i))}))
                 for i in range(3)
             ]
             await until(lambda: service.batcher.queue_depth >= 2)  # one running, two waiting
-            service.begin_shutdown()  # what SIGTERM does first
+            app.state.models.begin_shutdown()  # what SIGTERM does first
             assert (await client.get("/readyz")).json()["error"]["message"] == "shutting down"
         # The lifespan has ended: everything that was queued went through the model and is answered.
         responses = await asyncio.wait_for(asyncio.gather(*in_flight), timeout=10)

@@ -175,7 +175,7 @@ async def test_unexpected_exception_is_a_logged_500(settings_for, caplog: pytest
         def broken(*args: object) -> None:
             raise RuntimeError("boom")
 
-        app.state.service.localizer.validate = broken
+        app.state.models.default.localizer.validate = broken
         response = await client.post("/v1/localize", **raw(GOOD))
         assert response.status_code == 500
         assert response.json() == {"error": {"code": "internal_error", "message": "internal server error"}}

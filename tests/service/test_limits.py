@@ -78,7 +78,7 @@ def test_a_36_mp_request_for_every_class_stays_within_its_memory_bound(tmp_path:
     data = big_jpeg()
     with spa_serve(BUNDLED_MODEL_DIR, tmp_path / "server.log") as server:
         idle = peak_rss_mb(server.process.pid)
-        every = httpx.get(f"{server.url}/v1/models").json()["num_classes"]
+        every = httpx.get(f"{server.url}/v1/models").json()["models"][0]["num_classes"]
         response = httpx.post(
             f"{server.url}/v1/localize", params={"topk": every}, files={"image": ("big.jpg", data)}, timeout=120
         )

@@ -65,7 +65,7 @@ def test_answers_match_the_localizer(server: Server, tiny_model_dir: Path) -> No
             # last float bit, so a value on a rounding edge may be one level apart.
             served = np.asarray(png_from_data_uri(got["heatmap"]), dtype=np.int16)
             assert np.abs(served - heatmap_to_uint8(want.heatmap)).max() <= 1
-    assert httpx.get(f"{server.url}/v1/models").json()["name"] == localizer.card.name
+    assert httpx.get(f"{server.url}/v1/models").json()["default"] == localizer.card.name
     assert 'spa_requests_total{route="/v1/localize",status="200"}' in httpx.get(f"{server.url}/metrics").text
 
 
