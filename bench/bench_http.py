@@ -36,7 +36,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from spa_service.card import load_card
-from spa_service.cli import limit_blas_threads
+from spa_service.threads import limit_blas_threads
 from spa_service.engine import Engine
 from spa_service.imaging import decode_image, preprocess
 from spa_service.localize import Localizer, LocalizeOptions
@@ -137,12 +137,17 @@ def start_server(model_dir: Path, port: int, log_path: Path) -> subprocess.Popen
 
 
 def batch_counts(metrics_text: str) -> tuple[float, float]:
-    """(backbone calls, images in them) from the server's spa_batch_size histogram."""
+    """(backbone calls, images in them) from the server's spa_batch_size histogram, summed over its
+    models; (0, 0) before the first batch (a labelled histogram has no samples until then)."""
+    calls = images = 0.0
     for family in text_string_to_metric_families(metrics_text):
         if family.name == "spa_batch_size":
-            values = {s.name: s.value for s in family.samples}
-            return values["spa_batch_size_count"], values["spa_batch_size_sum"]
-    raise RuntimeError("no spa_batch_size in /metrics")
+            for sample in family.samples:
+                if sample.name == "spa_batch_size_count":
+                    calls += sample.value
+                elif sample.name == "spa_batch_size_sum":
+                    images += sample.value
+    return calls, images
 
 
 async def http_slice(client: httpx.AsyncClient, images: list[bytes], level: Level, seconds: float,

@@ -43,7 +43,7 @@ from spa_export.nets import build_model  # noqa: E402
 from spa_export.quantize import Floors, Source, cpu_localizer, dataset_images, make_variant  # noqa: E402
 from spa_export.to_onnx import export_model  # noqa: E402
 from spa_service.card import Agreement, ModelCard, load_card  # noqa: E402
-from spa_service.cli import limit_blas_threads  # noqa: E402
+from spa_service.threads import limit_blas_threads  # noqa: E402
 from spa_service.imaging import DecodedImage, decode_image  # noqa: E402
 from spa_service.localize import Localizer, LocalizeOptions  # noqa: E402
 from spa_service.synth import SynthConfig, generate  # noqa: E402

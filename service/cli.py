@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -12,7 +11,6 @@ from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
-from threadpoolctl import threadpool_limits
 
 from .app import create_app
 from .connections import head_deadline_protocol
@@ -20,6 +18,7 @@ from .errors import ModelLoadError
 from .localize import Localizer
 from .registry import ModelRegistry
 from .settings import Settings
+from .threads import limit_blas_threads
 
 log = logging.getLogger("spa_service.serve")
 
@@ -66,18 +65,6 @@ class _DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._models.begin_shutdown()
         super().handle_exit(sig, frame)
-
-
-def limit_blas_threads() -> None:
-    """One BLAS thread for numpy (SCG, map resizing), unless OPENBLAS_NUM_THREADS says otherwise.
-
-    onnxruntime already spreads each backbone call over every core; BLAS threads on SCG's small
-    matrices only fight it and the decode threads for the cores, and OpenBLAS degrades badly when
-    it loses that fight (VGG16, 2 busy cores: SCG 60-140 ms per batch of 2 with its threads,
-    2-8 ms with one). The limit applies to the whole process.
-    """
-    if "OPENBLAS_NUM_THREADS" not in os.environ:
-        threadpool_limits(limits=1, user_api="blas")
 
 
 def _drained(sig: int, frame: FrameType | None) -> None:

@@ -181,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .inputs import SourceError, list_inputs
     from .local_engine import run_local
     from .store import OutputMismatchError, Store
-    from .worker import BatchWorker, limit_blas_threads
+    from ..threads import limit_blas_threads
+    from .worker import BatchWorker
 
     try:
         settings = Settings(**({"model_dir": args.model_dir} if args.model_dir else {}))

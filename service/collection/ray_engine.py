@@ -18,7 +18,8 @@ import pyarrow as pa
 
 from ..localize import Localizer, LocalizeOptions
 from ..settings import Settings
-from .worker import BatchWorker, HeatmapOutput, limit_blas_threads
+from ..threads import limit_blas_threads
+from .worker import BatchWorker, HeatmapOutput
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from typing import Literal
 import fsspec
 import numpy as np
 import pyarrow as pa
-from threadpoolctl import threadpool_limits
 
 from ..arrays import to_numpy
 from ..errors import SpaError
@@ -33,11 +31,7 @@ HEATMAP_FOLDER = "heatmaps"
 Loaded = DecodedImage | SpaError
 
 
-def limit_blas_threads() -> None:
-    """One BLAS thread for numpy, unless OPENBLAS_NUM_THREADS says otherwise: onnxruntime already
-    uses the cores, and BLAS threads on SCG's small matrices only fight it (spa-serve does the same)."""
-    if "OPENBLAS_NUM_THREADS" not in os.environ:
-        threadpool_limits(limits=1, user_api="blas")
+
 
 
 def heatmap_name(path: str, class_id: int) -> str:

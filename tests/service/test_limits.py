@@ -11,7 +11,6 @@ import tracemalloc
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from helpers.serve import spa_serve, wait_for
 from PIL import Image
