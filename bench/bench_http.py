@@ -236,7 +236,7 @@ async def measure_level(url: str, images: list[bytes], model_dir: Path, clients:
     return level
 
 
-def markdown(levels: list[Level], command: str, model_dir: Path, load: tuple[float, float]) -> str:
+def markdown(levels: list[Level], command: str, model_dir: Path, load: tuple[float, float], title: str) -> str:
     card, _ = load_card(model_dir)
     rows = [
         "| clients | requests | errors | req/s | p50 ms | p99 ms | mean batch | backbone alone, img/s "
@@ -257,7 +257,7 @@ def markdown(levels: list[Level], command: str, model_dir: Path, load: tuple[flo
                            f"({meets} the {TARGET:.0%} target); {rps / pipeline:.0%} of the pipeline alone.")
     return "\n".join(
         [
-            "## HTTP service: spa-serve over loopback",
+            f"## {title}",
             "",
             f"`{command}`",
             "",
@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--raw-seconds", type=float, default=15.0, help="in-process measuring time per level")
     parser.add_argument("--slices", type=int, default=6, help="HTTP / in-process alternations per level")
     parser.add_argument("--no-report", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--section", default="http", help="the BENCHMARKS.md section to write (default http)")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "bench.bench_http", *(argv if argv is not None else sys.argv[1:])])
     limit_blas_threads()  # the in-process pipeline then runs as it does inside spa-serve
@@ -311,12 +312,15 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
-        report = markdown(levels, command, model_dir, (load_before, os.getloadavg()[0]))
+        title = "HTTP service: spa-serve over loopback"
+        if args.section != "http":
+            title += f" ({load_card(model_dir)[0].name})"
+        report = markdown(levels, command, model_dir, (load_before, os.getloadavg()[0]), title)
     print(report)
     if not args.no_report:
         from bench.report import update_section
 
-        update_section("http", report)
+        update_section(args.section, report)
 
 
 if __name__ == "__main__":

@@ -150,5 +150,6 @@ class RequireApiKey:
 
 
 def _protected(path: str, prefixes: tuple[str, ...]) -> bool:
-    """A prefix ending in / covers everything under it; any other names one exact path."""
-    return any(path.startswith(p) if p.endswith("/") else path == p for p in prefixes)
+    """A prefix ending in / covers everything under it; any other names one exact path, and "/"
+    names the demo page alone (the probes must stay open)."""
+    return any(path == p if p == "/" or not p.endswith("/") else path.startswith(p) for p in prefixes)

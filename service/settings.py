@@ -72,8 +72,8 @@ class Settings(BaseSettings):
     )
     api_key_paths: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["/v1/"],
-        description="Paths that need the API key: a prefix ending in / covers all below it (e.g. "
-        "/v1/,/metrics,/docs,/openapi.json,/samples/)",
+        description="Paths that need the API key: a prefix ending in / covers all below it, / is the demo page "
+        "alone (e.g. /v1/,/metrics,/docs,/openapi.json,/samples/,/)",
     )
     root_path: str = Field("", description="Path prefix the service is mounted under behind a proxy (e.g. /spa)")
     log_level: str = Field("INFO", description="Python logging level")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -180,4 +181,16 @@ def test_session_options_are_deliberate() -> None:
     assert options.intra_op_num_threads == 3 and options.inter_op_num_threads == 1
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
-    assert available_cores() >= 1
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cap"), [("150000 100000", 2), ("50000 100000", 1), ("400000 100000", 4), ("max 100000", None)]
+)
+def test_available_cores_follow_the_affinity_capped_by_the_cgroup_quota(tmp_path, cpu_max: str, cap) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max + "\n")
+    assert available_cores(path) == (affinity if cap is None else min(affinity, cap))
+    assert available_cores(tmp_path / "missing") == affinity  # no cgroup v2 file: the affinity alone
+    path.write_text("garbage")
+    assert available_cores(path) == affinity

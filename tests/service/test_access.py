@@ -35,6 +35,17 @@ async def test_api_key_is_required_on_v1_only(client: httpx.AsyncClient) -> None
     assert 'route="/v1/models",status="401"' in (await client.get("/metrics")).text
 
 
+async def test_the_protected_paths_are_a_setting(settings_for) -> None:
+    paths = ["/v1/", "/metrics", "/docs", "/openapi.json", "/samples/", "/"]
+    async with serving(create_app(settings_for(api_key="s3cret", api_key_paths=paths))) as client:
+        name = (await client.get("/v1/models", headers={"X-API-Key": "s3cret"})).json()["default"]
+        for closed in ("/metrics", "/docs", "/openapi.json", "/", f"/samples/{name}/x.jpg", "/v1/samples"):
+            assert (await client.get(closed)).status_code == 401, closed
+        assert (await client.get("/metrics", headers={"X-API-Key": "s3cret"})).status_code == 200
+        for probe in ("/healthz", "/readyz", "/static/app.js"):  # "/" names the page alone, not all below it
+            assert (await client.get(probe)).status_code == 200, probe
+
+
 async def test_api_key_is_checked_before_the_body(client: httpx.AsyncClient) -> None:
     """Without the key, even a body over the limit is answered 401: nothing was read."""
     response = await client.post("/v1/localize", content=b"\0" * 60_000, headers={"Content-Type": "image/png"})
