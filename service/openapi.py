@@ -52,6 +52,8 @@ def _bound_classes(operation: dict, num_classes: int) -> None:
             parameter["schema"]["maximum"] = num_classes
         elif parameter["name"] == "class_id":
             parameter["schema"]["items"]["maximum"] = num_classes - 1
+            parameter["schema"]["uniqueItems"] = True  # repeats are refused
+            parameter["schema"]["maxItems"] = num_classes
 
 
 def _name_enum(operation: dict, names: list[str]) -> None:
