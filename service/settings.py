@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     )
     max_image_pixels: int = Field(40_000_000, gt=0, description="Largest image (width x height) decoded")
     max_batch_images: int = Field(16, ge=1, description="Most images in one /v1/localize/batch request")
-    heatmap_max_side: int = Field(2048, ge=16, description="Long side of returned heatmap PNGs, at most")
+    heatmap_max_side: int = Field(
+        1024, ge=16, description="Long side of returned heatmap PNGs, at most (the maps hold far less detail)"
+    )
 
     max_batch_size: int = Field(8, ge=1, description="Most images gathered into one backbone call")
     max_queue_delay_ms: float = Field(2.0, ge=0.0, description="How long the batcher waits to fill a batch")
