@@ -10,7 +10,6 @@ has the recipe measurements behind the defaults.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence

@@ -1,5 +1,5 @@
 """SPA and CAM networks. Every model's forward(x) returns (class_map, feat_a, feat_b): the class map and the two
-feature blocks SCG uses, all at the class map's resolution (SPA_REFERENCE.md "blocks 4 and 5").
+feature blocks SCG uses, all at the class map's resolution (docs/reference.md section 2).
 
 Adding a GAP + FC classifier network (docs/real-photo-model.md, "Another CAM network"): one module whose class
 keeps the checkpoint's attribute names, returns `linear_class_map(head features, fc)` and two feature blocks,

@@ -1,4 +1,4 @@
-"""InceptionV3-SPA (SPA_REFERENCE.md section 1): torchvision's Inception-V3 names, cut after Mixed_6e and
+"""InceptionV3-SPA (docs/reference.md section 2): torchvision's Inception-V3 names, cut after Mixed_6e and
 changed to keep a 28 x 28 map at 224 input."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""VGG16-SPA (SPA_REFERENCE.md section 1): attribute names match the authors' checkpoints."""
+"""VGG16-SPA (docs/reference.md section 2): attribute names match the authors' checkpoints."""
 
 from __future__ import annotations
 

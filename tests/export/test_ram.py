@@ -1,4 +1,4 @@
-"""The RAM loss against a direct, loop-by-loop reading of SPA_REFERENCE.md section 2."""
+"""The RAM loss against a direct, loop-by-loop reading of docs/reference.md section 6."""
 
 from __future__ import annotations
 
