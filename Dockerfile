@@ -28,7 +28,6 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 ENV SPA_HOST=0.0.0.0 SPA_PORT=8000 SPA_SHUTDOWN_TIMEOUT_S=25
 USER 10001:10001
 EXPOSE 8000
-VOLUME ["/models"]
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"]
 STOPSIGNAL SIGTERM
