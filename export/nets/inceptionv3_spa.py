@@ -88,6 +88,23 @@ class InceptionC(nn.Module):
         return torch.cat([b1, b7, b7dbl, bp], dim=1)
 
 
+def add_inception_trunk(net: nn.Module) -> None:
+    """torchvision Inception-V3's layers up to Mixed_6e, under its attribute names (the checkpoints' keys)."""
+    net.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2, padding=1)
+    net.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+    net.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+    net.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+    net.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+    net.Mixed_5b = InceptionA(192, pool_features=32)
+    net.Mixed_5c = InceptionA(256, pool_features=64)
+    net.Mixed_5d = InceptionA(288, pool_features=64)
+    net.Mixed_6a = InceptionB(288)
+    net.Mixed_6b = InceptionC(768, channels_7x7=128)
+    net.Mixed_6c = InceptionC(768, channels_7x7=160)
+    net.Mixed_6d = InceptionC(768, channels_7x7=160)
+    net.Mixed_6e = InceptionC(768, channels_7x7=192)
+
+
 class InceptionV3SPA(nn.Module):
     """forward(x: N x 3 x H x W) -> (class_map N x C x H/8 x W/8, feat_a = Mixed_5d N x 288 x H/8 x W/8,
     feat_b = Mixed_6e N x 768 x H/8 x W/8); 28 x 28 maps at 224 input."""
@@ -99,19 +116,7 @@ class InceptionV3SPA(nn.Module):
     def __init__(self, num_classes: int = 200) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2, padding=1)
-        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
-        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
-        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
-        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-        self.Mixed_5b = InceptionA(192, pool_features=32)
-        self.Mixed_5c = InceptionA(256, pool_features=64)
-        self.Mixed_5d = InceptionA(288, pool_features=64)
-        self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = InceptionC(768, channels_7x7=128)
-        self.Mixed_6c = InceptionC(768, channels_7x7=160)
-        self.Mixed_6d = InceptionC(768, channels_7x7=160)
-        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        add_inception_trunk(self)
         self.cls_fc6 = nn.Sequential(nn.Conv2d(768, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
         self.cls_fc7 = nn.Sequential(nn.Conv2d(1024, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
         self.cls_fc8 = nn.Conv2d(1024, num_classes, kernel_size=1)

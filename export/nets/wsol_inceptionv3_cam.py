@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .init import init_weights
-from .inceptionv3_spa import BasicConv2d, InceptionA, InceptionB, InceptionC, stem_pool
+from .inceptionv3_spa import add_inception_trunk, stem_pool
 
 
 class InceptionV3CAM(nn.Module):
@@ -27,19 +27,7 @@ class InceptionV3CAM(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.large_feature_map = large_feature_map
-        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2, padding=1)
-        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
-        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
-        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
-        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-        self.Mixed_5b = InceptionA(192, pool_features=32)
-        self.Mixed_5c = InceptionA(256, pool_features=64)
-        self.Mixed_5d = InceptionA(288, pool_features=64)
-        self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = InceptionC(768, channels_7x7=128)
-        self.Mixed_6c = InceptionC(768, channels_7x7=160)
-        self.Mixed_6d = InceptionC(768, channels_7x7=160)
-        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        add_inception_trunk(self)
         self.SPG_A3_1b = nn.Sequential(nn.Conv2d(768, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
         self.SPG_A3_2b = nn.Sequential(nn.Conv2d(1024, 1024, kernel_size=3, padding=1), nn.ReLU(inplace=True))
         self.SPG_A4 = nn.Conv2d(1024, num_classes, kernel_size=1)
