@@ -49,6 +49,9 @@ def tab_to(page: Page, element_id: str, most: int = 12) -> None:
 
 def test_keyboard_only(new_page: Callable[..., Page], server: Server) -> None:
     page = open_demo(new_page, server)
+    # A listener turns on Playwright's file-chooser interception now, before the key is pressed:
+    # turned on by expect_file_chooser itself, it may come too late for the first chooser.
+    page.on("filechooser", lambda chooser: None)
 
     # The file picker is the first stop, and Space opens it.
     tab_to(page, "file", most=1)
