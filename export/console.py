@@ -21,17 +21,6 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(f"{self.prog}: error: {message} (see --help)", EXIT_USAGE)
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts and sizes."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
 def fail(message: str, code: int) -> NoReturn:
     """Print one line to stderr and exit; for errors a user can act on, never a traceback."""
     print(message.replace("\n", " "), file=sys.stderr)

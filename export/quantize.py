@@ -32,6 +32,7 @@ from onnxruntime.quantization import (
 from onnxruntime.transformers.float16 import convert_float_to_float16
 from PIL import Image
 
+from spa_service.argtypes import positive_int
 from spa_service.boxes import Box
 from spa_service.card import (
     CARD_FILE, Agreement, Calibration, ModelCard, Precision, Variant, load_card, sha256_of, write_card,
@@ -43,7 +44,7 @@ from spa_service.imaging import DecodedImage, decode_image, preprocess
 from spa_service.localize import Localization, Localizer, LocalizeOptions
 from spa_service.settings import Settings
 
-from .console import EXIT_USAGE, ArgumentParser, fail, positive_int, setup_logging
+from .console import EXIT_USAGE, ArgumentParser, fail, setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from spa_service.argtypes import positive_int
 from spa_service.card import CARD_FILE, PRESETS, ModelCard, OutputNames, read_labels, sha256_of, write_card
 
 from .checkpoints import CheckpointError, load_checkpoint
-from .console import EXIT_FAILURE, EXIT_USAGE, ArgumentParser, fail, positive_int, select_device, setup_logging
+from .console import EXIT_FAILURE, EXIT_USAGE, ArgumentParser, fail, select_device, setup_logging
 from .nets import ARCHS, build_model, normalisation
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from spa_service.argtypes import positive_int
+
 from .checkpoints import CheckpointError, load_checkpoint, load_pretrained_vgg, save_checkpoint
-from .console import EXIT_FAILURE, EXIT_USAGE, ArgumentParser, ProgressLine, fail, positive_int, select_device, \
+from .console import EXIT_FAILURE, EXIT_USAGE, ArgumentParser, ProgressLine, fail, select_device, \
     setup_logging
 from .data import CubTrainSet, DatasetError, EpochSampler, read_cub
 from .nets import ARCHS, build_model, class_scores

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, get_args
 
 from pydantic import ValidationError
 
+from ..argtypes import non_negative_float, positive_int
 from ..boxes import BoxMode
 from ..card import Method
 from ..errors import InvalidRequestError, ModelLoadError
@@ -35,26 +36,6 @@ log = logging.getLogger("spa_service.batch")
 PROG = "spa-batch"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative number")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -67,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("parquet", "jsonl"), default="parquet", help="default %(default)s")
     parser.add_argument("--model-dir", type=Path, help=f"model directory (SPA_MODEL_DIR; default {BUNDLED_MODEL_DIR})")
     options = parser.add_argument_group("localization (as the API's query parameters)")
-    options.add_argument("--topk", type=_positive_int, default=1, help="classes per image, best first")
+    options.add_argument("--topk", type=positive_int, default=1, help="classes per image, best first")
     options.add_argument("--method", choices=get_args(Method), default="scg")
     options.add_argument("--threshold", type=float, help="box threshold in [0, 1]; default: the card's")
     options.add_argument("--box-mode", choices=get_args(BoxMode), default="union")
@@ -80,14 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     outputs.add_argument("--coco", action="store_true", help="also write OUT/coco.json (COCO detections)")
     run = parser.add_argument_group("running")
     run.add_argument("--engine", choices=("local", "ray"), default="local", help="default %(default)s")
-    run.add_argument("--batch-size", type=_positive_int, default=8, help="images per backbone call")
-    run.add_argument("--decode-threads", type=_positive_int, default=2, help="local engine: decoding threads")
+    run.add_argument("--batch-size", type=positive_int, default=8, help="images per backbone call")
+    run.add_argument("--decode-threads", type=positive_int, default=2, help="local engine: decoding threads")
     run.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local one)")
-    run.add_argument("--ray-actors", type=_positive_int, default=1, help="actors, each with one Localizer")
-    run.add_argument("--ray-cpus-per-actor", type=_non_negative_float, default=1.0, help="default %(default)s")
-    run.add_argument("--ray-gpus-per-actor", type=_non_negative_float, default=0.0, help="default %(default)s")
-    run.add_argument("--ray-num-cpus", type=_positive_int, help="CPUs of the local cluster (default: all)")
-    run.add_argument("--ray-object-store-mb", type=_positive_int, help="object store of the local cluster")
+    run.add_argument("--ray-actors", type=positive_int, default=1, help="actors, each with one Localizer")
+    run.add_argument("--ray-cpus-per-actor", type=non_negative_float, default=1.0, help="default %(default)s")
+    run.add_argument("--ray-gpus-per-actor", type=non_negative_float, default=0.0, help="default %(default)s")
+    run.add_argument("--ray-num-cpus", type=positive_int, help="CPUs of the local cluster (default: all)")
+    run.add_argument("--ray-object-store-mb", type=positive_int, help="object store of the local cluster")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ... (default %(default)s)")
     return parser
