@@ -37,7 +37,7 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """A loaded RGB image, EXIF-transposed, and what it was decoded from."""
+    """A loaded RGB image (EXIF-transposed unless decoded with `exif_transpose=False`) and its format."""
 
     image: Image.Image
     format: str
@@ -112,8 +112,11 @@ def header_size(data: bytes, *, max_pixels: int) -> tuple[int, int]:
     return image.height, image.width
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes, *, max_pixels: int, exif_transpose: bool = True) -> DecodedImage:
     """Decode bytes into an RGB image, refusing more than `max_pixels` before decoding.
+
+    `exif_transpose=False` keeps the stored pixel grid, as evaluation code reads data sets
+    (`Image.open(path).convert('RGB')`); served images follow their EXIF orientation.
 
     Raises EmptyImageError, NotAnImageError, UnsupportedFormatError, ImageTooLargeError or
     TruncatedImageError, each with a message that says what was wrong.
@@ -123,8 +126,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     _check_pixels(image.width, image.height, max_pixels)
     try:
         image.load()
-        # In place: a copy would double the memory of a large photo for nothing.
-        ImageOps.exif_transpose(image, in_place=True)
+        if exif_transpose:
+            # In place: a copy would double the memory of a large photo for nothing.
+            ImageOps.exif_transpose(image, in_place=True)
         rgb = _to_rgb(image)
         rgb.load()
     except Image.DecompressionBombError as exc:
