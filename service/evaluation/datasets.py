@@ -14,8 +14,11 @@ CUB-200-2011 (`--data` is the folder holding images.txt):
 wsolevaluation (`--data` is the folder holding image_ids.txt, or the folder above `<split>/`):
     image_ids.txt           `<image path>` relative to the image root
     class_labels.txt        `<image path>,<class, 0-based>`
-    localization.txt        `<image path>,<x0>,<y0>,<x1>,<y1>` per box (x1 = x0 + w, y1 = y0 + h), or
+    localization.txt        `<image path>,<x0>,<y0>,<x1>,<y1>` per box (x1 = x0 + w, y1 = y0 + h; w or h
+                            may be 0, as wsolevaluation allows), or
                             `<image path>,<mask path>[,<ignore mask path>]` per mask (OpenImages style)
+Boxes and masks are on the image's stored pixel grid, EXIF orientation not applied (runner.py reads the
+images so), as wsolevaluation and the SPA code read them.
 Masks are read as grey levels; which levels are object is the metric protocol's choice (metrics.py).
 """
 
@@ -133,7 +136,11 @@ def cub_box(x: float, y: float, w: float, h: float) -> Box:
 
 
 def wsol_box(x0: int, y0: int, x1: int, y1: int) -> Box:
-    """localization.txt's (x0, y0, x0 + w, y0 + h) -> inclusive (x0, y0, x0 + w - 1, y0 + h - 1)."""
+    """localization.txt's (x0, y0, x0 + w, y0 + h) -> inclusive (x0, y0, x0 + w - 1, y0 + h - 1).
+
+    A zero-width (or zero-height) line gives a box of no pixel (x1 = x0 - 1): it overlaps nothing at the
+    original size, and `metrics.grid_boxes` turns it back into wsolevaluation's box on its grid.
+    """
     return x0, y0, x1 - 1, y1 - 1
 
 
@@ -230,8 +237,10 @@ def read_wsol(metadata: Path, *, image_root: Path, split: str = "test") -> Datas
                 x0, y0, x1, y1 = (round(_number(v)) for v in parts[1:])
             except ValueError:
                 raise _bad(loc_file, number, line, "`<image path>,<x0>,<y0>,<x1>,<y1>` with numbers") from None
-            if x1 <= x0 or y1 <= y0 or x0 < 0 or y0 < 0:
-                raise DatasetError(f"{loc_file}:{number}: box ({x0}, {y0}, {x1}, {y1}) is empty or negative")
+            if x1 < x0 or y1 < y0 or x0 < 0 or y0 < 0:
+                raise DatasetError(
+                    f"{loc_file}:{number}: box ({x0}, {y0}, {x1}, {y1}) ends before it starts or is negative"
+                )
             boxes.setdefault(image, []).append(wsol_box(x0, y0, x1, y1))
         elif len(parts) in (2, 3) and parts[1]:
             masks.setdefault(image, []).append(image_root / parts[1])

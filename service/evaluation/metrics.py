@@ -111,7 +111,9 @@ def box_overlaps(pred: np.ndarray, gt: np.ndarray) -> Overlaps:
     inter = (np.clip(iw, 0, None) * np.clip(ih, 0, None)).astype(np.float64)
     pred_area = box_area(pred)[:, None].astype(np.float64)
     gt_area = box_area(gt)[None, :].astype(np.float64)
-    return Overlaps(iou=inter / (pred_area + gt_area - inter), iog=inter / gt_area, iop=inter / pred_area)
+    # A zero-width line of localization.txt gives a ground-truth box of no pixel: nothing of it is covered.
+    iog = np.divide(inter, gt_area, out=np.zeros_like(inter), where=gt_area > 0)
+    return Overlaps(iou=inter / (pred_area + gt_area - inter), iog=iog, iop=inter / pred_area)
 
 
 def box_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -53,12 +53,14 @@ def example_indices(total: int, count: int) -> set[int]:
 
 
 def _read_image(sample: Sample, max_pixels: int) -> DecodedImage:
+    """The sample's image on its stored pixel grid: wsolevaluation and the SPA code ignore EXIF
+    orientation, and the data set's boxes and masks are drawn on that grid."""
     try:
         data = sample.image_path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"{sample.image_path}: cannot read the image ({exc})") from None
     try:
-        return decode_image(data, max_pixels=max_pixels)
+        return decode_image(data, max_pixels=max_pixels, exif_transpose=False)
     except ImageError as exc:  # say which file it was
         raise DatasetError(f"{sample.image_path}: {exc}") from None
 

@@ -110,8 +110,9 @@ def test_wsol_layout_in_a_split_folder(tmp_path: Path) -> None:
     [
         ("localization.txt", "test/a.jpg,1,2,30\n", "localization.txt:1: expected"),
         ("localization.txt", "test/a.jpg,1,2,30,x\n", "localization.txt:1: expected .* with numbers"),
-        ("localization.txt", "test/a.jpg,9,2,3,40\n", "localization.txt:1: box .* is empty"),
-        ("localization.txt", "test/a.jpg,3,2,3,40\n", "localization.txt:1: box .* is empty"),  # w = 0
+        ("localization.txt", "test/a.jpg,9,2,3,40\n", "localization.txt:1: box .* ends before it starts"),
+        ("localization.txt", "test/a.jpg,3,41,4,40\n", "localization.txt:1: box .* ends before it starts"),
+        ("localization.txt", "test/a.jpg,-1,2,3,40\n", "localization.txt:1: box .* is negative"),
         ("localization.txt", "test/z.jpg,1,2,3,4\n", "localization.txt:1: test/z.jpg is not in"),
         ("localization.txt", "test/a.jpg,1,2,3,4\n", "no box and no mask for test/b.jpg"),
         ("class_labels.txt", "test/a.jpg,0\ntest/b.jpg,three\n", "class_labels.txt:2: expected"),
