@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import onnx
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from spa_service.argtypes import positive_int
-from spa_service.card import CARD_FILE, PRESETS, ModelCard, OutputNames, read_labels, sha256_of, write_card
+from spa_service.card import CARD_FILE, PRESETS, Method, ModelCard, OutputNames, read_labels, sha256_of, write_card
 
 from .checkpoints import CheckpointError, load_checkpoint
 from .console import EXIT_FAILURE, EXIT_USAGE, ArgumentParser, fail, select_device, setup_logging
@@ -45,7 +46,7 @@ class ParityError(Exception):
 
 def export_model(model: nn.Module, *, arch: str, out_dir: Path, labels: list[str] | None = None,
                  preset: str = "cub", input_size: tuple[int, int] | None = None, name: str | None = None,
-                 verify: bool = True) -> ModelCard:
+                 default_method: Method = "scg", verify: bool = True) -> ModelCard:
     """Write `out_dir/model.onnx` and, once it matches PyTorch (when `verify`), `out_dir/model.json`.
 
     `model` is left as it was (the export works on a CPU copy; the parity reference runs where the model is).
@@ -70,7 +71,7 @@ def export_model(model: nn.Module, *, arch: str, out_dir: Path, labels: list[str
     card = ModelCard(
         name=name or f"{arch}-spa", arch=arch, num_classes=num_classes, labels=labels, input_size=size,
         mean=mean, std=std, map_size=map_size, preset=preset, scg=chosen.scg,
-        box_threshold=chosen.box_threshold, onnx_file=ONNX_FILE, onnx_sha256=sha256_of(onnx_path), parity=parity,
+        box_threshold=chosen.box_threshold, default_method=default_method, onnx_file=ONNX_FILE, onnx_sha256=sha256_of(onnx_path), parity=parity,
         tool_version=version("spa-localizer"), created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     write_card(card, out_dir)
@@ -168,6 +169,8 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"),
                         help="input height and width (default: the architecture's)")
     parser.add_argument("--name", help="model name in the card (default: <arch>-spa)")
+    parser.add_argument("--default-method", choices=get_args(Method), default="scg",
+                        help="the method the service uses when a request names none (default %(default)s)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the PyTorch reference runs for the parity check")
     parser.add_argument("--out", type=Path, required=True, help="directory for model.onnx and model.json")
@@ -209,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             fail(f"spa-export: {exc}", EXIT_USAGE)
     try:
         export_model(model.to(device), arch=args.arch, out_dir=args.out, labels=labels, preset=args.preset,
-                     input_size=tuple(args.input_size) if args.input_size else None, name=_card_name(args))
+                     input_size=tuple(args.input_size) if args.input_size else None, name=_card_name(args),
+                     default_method=args.default_method)
     except ParityError as exc:
         fail(f"spa-export: {exc}", EXIT_FAILURE)
     except ValueError as exc:  # an input size the architecture cannot take

@@ -127,6 +127,10 @@ class ModelCard(BaseModel):
     preset: str
     scg: ScgParams
     box_threshold: dict[Method, float]
+    # Cards written before this field existed read as "scg", what the service then served for every model.
+    default_method: Method = Field(
+        "scg", description="the method served when a request names none: the one measured best for this model"
+    )
     onnx_file: str = "model.onnx"
     onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     parity: dict[str, float] = Field(default_factory=dict, description="max |onnx - torch| / range per output")

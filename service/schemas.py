@@ -22,7 +22,10 @@ class LocalizeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     topk: int = Field(1, ge=1, description="How many top-scoring classes to localize (at most the model's classes)")
-    method: Method = Field("scg", description="`scg`: SCG-refined maps (SPA); `cam`: plain class activation maps")
+    method: Method | None = Field(
+        None, description="`scg`: SCG-refined maps (SPA); `cam`: plain class activation maps; default: the model "
+        "card's `default_method`"
+    )
     threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Box threshold on the [0, 1] map; default: the model card's for `method`"
     )
@@ -37,10 +40,11 @@ class LocalizeParams(BaseModel):
         default_factory=list, description="Localize these classes instead of the top-k (repeat the parameter)"
     )
 
-    def to_options(self) -> LocalizeOptions:
+    def to_options(self, default_method: Method) -> LocalizeOptions:
+        """The pipeline's options; `default_method` (the model card's) when the request names no method."""
         return LocalizeOptions(
             topk=self.topk,
-            method=self.method,
+            method=self.method or default_method,
             threshold=self.threshold,
             box_mode=self.box_mode,
             class_ids=tuple(self.class_id),

@@ -122,7 +122,7 @@ class Service:
             log.info("batcher drained")
 
     def options(self, params: LocalizeParams) -> LocalizeOptions:
-        options = params.to_options()
+        options = params.to_options(self.localizer.card.default_method)
         self.localizer.validate(options)
         return options
 

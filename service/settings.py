@@ -12,14 +12,18 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 import spa_models
 
 BUNDLED_MODELS = Path(spa_models.__file__).resolve().parent
-BUNDLED_MODEL_DIR = BUNDLED_MODELS / "demo"  # the default of the one-model tools (spa-eval, spa-batch)
+BUNDLED_MODEL_DIR = BUNDLED_MODELS / "demo"  # the synthetic demo model
+# The real-photo model: the default of every tool (spa-serve serves it first, spa-eval and spa-batch use it).
 BUNDLED_PHOTO_MODEL_DIR = BUNDLED_MODELS / "imagenet-lite0"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPA_", extra="ignore")
 
-    model_dir: Path = Field(BUNDLED_MODEL_DIR, description="Directory with model.onnx and model.json")
+    model_dir: Path = Field(
+        BUNDLED_PHOTO_MODEL_DIR, description="Directory with model.onnx and model.json: the one model of spa-eval and "
+        "spa-batch, and of spa-serve when SPA_MODEL_DIRS is unset"
+    )
     model_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Model directories spa-serve serves, the first the default (comma-separated); unset: "

@@ -90,6 +90,20 @@ def test_fp16_card_needs_no_calibration(tmp_path: Path) -> None:
     assert load_card(tmp_path)[0].precision == "fp16"
 
 
+def test_default_method_is_read_and_cards_without_it_serve_scg(tmp_path: Path) -> None:
+    model_dir = make_model_dir(tmp_path)
+    edit_card(model_dir, default_method="cam")
+    assert load_card(model_dir)[0].public()["default_method"] == "cam"
+    path = model_dir / "model.json"
+    raw = json.loads(path.read_text())
+    del raw["default_method"]
+    path.write_text(json.dumps(raw))  # a card exported before the field existed
+    assert load_card(model_dir)[0].default_method == "scg"
+    edit_card(model_dir, default_method="gradcam")
+    with pytest.raises(ModelLoadError, match="default_method: Input should be 'cam' or 'scg'"):
+        load_card(model_dir)
+
+
 def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_card(tmp_path / "nowhere")

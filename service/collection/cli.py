@@ -21,10 +21,10 @@ from pydantic import ValidationError
 
 from ..argtypes import non_negative_float, positive_int
 from ..boxes import BoxMode
-from ..card import Method
+from ..card import Method, ModelCard
 from ..errors import InvalidRequestError, ModelLoadError
 from ..localize import Localizer, LocalizeOptions
-from ..settings import BUNDLED_MODEL_DIR, Settings
+from ..settings import BUNDLED_PHOTO_MODEL_DIR, Settings
 
 if TYPE_CHECKING:  # pyarrow is the [batch] extra's: imported once main() has checked it is there
     import pyarrow as pa
@@ -46,10 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("source", help="folder of images, or a manifest of image paths")
     parser.add_argument("--out", required=True, help="output folder (local path or fsspec URL)")
     parser.add_argument("--format", choices=("parquet", "jsonl"), default="parquet", help="default %(default)s")
-    parser.add_argument("--model-dir", type=Path, help=f"model directory (SPA_MODEL_DIR; default {BUNDLED_MODEL_DIR})")
+    parser.add_argument("--model-dir", type=Path, help=f"model directory (SPA_MODEL_DIR; default {BUNDLED_PHOTO_MODEL_DIR})")
     options = parser.add_argument_group("localization (as the API's query parameters)")
     options.add_argument("--topk", type=positive_int, default=1, help="classes per image, best first")
-    options.add_argument("--method", choices=get_args(Method), default="scg")
+    options.add_argument("--method", choices=get_args(Method), help="default: the model card's default_method")
     options.add_argument("--threshold", type=float, help="box threshold in [0, 1]; default: the card's")
     options.add_argument("--box-mode", choices=get_args(BoxMode), default="union")
     options.add_argument("--class-id", type=int, action="append", default=[],
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     outputs.add_argument("--heatmaps", choices=("none", "png", "map"), default="none",
                          help="png: one uint8 PNG per image and class at the image's size, under OUT/heatmaps; "
                          "map: the maps at the model's map resolution, in the rows (maps, map_size)")
-    outputs.add_argument("--coco", action="store_true", help="also write OUT/coco.json (COCO detections)")
+    outputs.add_argument("--coco", action="store_true", help="also write OUT/_coco.json (COCO detections)")
     run = parser.add_argument_group("running")
     run.add_argument("--engine", choices=("local", "ray"), default="local", help="default %(default)s")
     run.add_argument("--batch-size", type=positive_int, default=8, help="images per backbone call")
@@ -74,10 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(args: argparse.Namespace) -> LocalizeOptions:
+def _options(args: argparse.Namespace, card: ModelCard) -> LocalizeOptions:
     return LocalizeOptions(
         topk=args.topk,
-        method=args.method,
+        method=args.method or card.default_method,
         threshold=args.threshold,
         box_mode=args.box_mode,
         class_ids=tuple(args.class_id),
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .coco import coco_detections
     from .inputs import SourceError, list_inputs
     from .local_engine import run_local
-    from .store import OutputMismatchError, Store
+    from .store import COCO_FILE, OutputMismatchError, Store
     from ..threads import limit_blas_threads
     from .worker import BatchWorker
 
@@ -171,10 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if not settings.model_dir.is_dir():
         parser.error(f"model directory {settings.model_dir} does not exist; pass --model-dir or set SPA_MODEL_DIR")
-    options = _options(args)
     limit_blas_threads()
     try:
         localizer = Localizer.from_settings(settings)
+        options = _options(args, localizer.card)
         localizer.validate(options)
     except (ModelLoadError, InvalidRequestError) as exc:
         parser.error(str(exc))
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     if args.coco:
-        store.write_file("coco.json", json.dumps(coco_detections(store.rows(), card.labels, model=card.name)).encode())
+        store.write_file(COCO_FILE, json.dumps(coco_detections(store.rows(), card.labels, model=card.name)).encode())
     failed_before = sum(1 for p in paths if done.get(p) is not None)
     return 1 if codes or failed_before else 0
 

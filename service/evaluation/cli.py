@@ -1,6 +1,6 @@
 """`spa-eval`: evaluate an exported model on a data set with the reference's metrics.
 
-    spa-eval --model-dir DIR --data DIR [--split test] [--method cam,scg] [--thresholds 0.1,0.2 ...]
+    spa-eval [--model-dir DIR] --data DIR [--split test] [--method cam,scg] [--thresholds 0.1,0.2 ...]
              [--wsol-protocol wsol|original] [--single-contour]
              [--batch-size B] [--out report.json] [--calibrate] [--examples N out.png]
 
@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from ..card import Method, ModelCard, write_card
 from ..errors import ModelLoadError
 from ..localize import Localizer
-from ..settings import Settings
+from ..settings import BUNDLED_PHOTO_MODEL_DIR, Settings
 from .datasets import Dataset, DatasetError, open_dataset
 from .examples import write_grid
 from .runner import Evaluation, evaluate
@@ -97,13 +97,19 @@ def _parser() -> argparse.ArgumentParser:
         "Top-1/Top-5/GT-known Loc, MaxBoxAccV2, Peak-IoU, PxAP and the error breakdown, per method. "
         "SPA_PROVIDERS, SPA_INTRA_OP_THREADS and SPA_SCG_MODE apply.",
     )
-    parser.add_argument("--model-dir", type=Path, required=True, help="directory with model.onnx and model.json")
+    parser.add_argument(
+        "--model-dir", type=Path, help=f"directory with model.onnx and model.json (SPA_MODEL_DIR; default "
+        f"{BUNDLED_PHOTO_MODEL_DIR})"
+    )
     parser.add_argument("--data", type=Path, required=True, help="data set directory")
     parser.add_argument("--split", choices=("train", "test", "all"), default="test", help="default %(default)s")
     parser.add_argument(
         "--image-root", type=Path, help="wsolevaluation layout: where image paths start (default --data)"
     )
-    parser.add_argument("--method", type=_methods, default=["cam", "scg"], help="cam, scg or cam,scg (default)")
+    parser.add_argument(
+        "--method", type=_methods, default=["cam", "scg"],
+        help="cam, scg or cam,scg (default: both, to compare; the report names the card's default_method)",
+    )
     parser.add_argument(
         "--thresholds",
         type=_thresholds,
@@ -148,7 +154,8 @@ def build_report(
     for name, summary in methods.items():
         summary["card_threshold"] = card.box_threshold[cast(Method, name)]
     return {
-        "model": {"dir": str(model_dir), "name": card.name, "arch": card.arch, "num_classes": card.num_classes},
+        "model": {"dir": str(model_dir), "name": card.name, "arch": card.arch, "num_classes": card.num_classes,
+                  "default_method": card.default_method},
         "data": {
             "dir": str(dataset.root),
             "layout": dataset.layout,
@@ -186,7 +193,8 @@ def format_table(report: dict[str, Any]) -> str:
     names = {name: METHOD_NAMES.get(name, name) for name in methods}
     lines = [
         f"{model['name']} on {data['dir']} ({data['split']} split, {data['images']} images, "
-        f"{data['with_masks']} with masks)",
+        f"{data['with_masks']} with masks); the model serves {model['default_method'].upper()} "
+        "when a request names no method",
         "",
         "Localization and classification errors in %, lower is better",
         f"  protocol spa: {report['protocols']['spa']}",
@@ -260,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     requested = [t for group in args.thresholds for t in group] if args.thresholds else None
     protocol = WsolProtocol(name=args.wsol_protocol, multi_contour=not args.single_contour)
     try:
-        settings = Settings(model_dir=args.model_dir)
+        settings = Settings(**({"model_dir": args.model_dir} if args.model_dir else {}))
         localizer = Localizer.from_settings(settings)
         dataset = open_dataset(args.data, split=args.split, image_root=args.image_root)
         card = localizer.card
@@ -282,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelLoadError, DatasetError, ValidationError) as exc:
         print(f"spa-eval: error: {exc}".replace("\n", " "), file=sys.stderr)
         return EXIT_USAGE
-    report = build_report(evaluation, card, dataset, args.model_dir, protocol)
+    report = build_report(evaluation, card, dataset, settings.model_dir, protocol)
     print(format_table(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -297,8 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not any(s["best_threshold"] is not None for s in report["methods"].values()):
             print("spa-eval: error: --calibrate needs a data set with boxes", file=sys.stderr)
             return EXIT_FAILURE
-        new = calibrate(args.model_dir, card, report)
-        log.info("calibrated %s: box_threshold %s", args.model_dir, json.dumps(new))
+        new = calibrate(settings.model_dir, card, report)
+        log.info("calibrated %s: box_threshold %s", settings.model_dir, json.dumps(new))
     return 0
 
 

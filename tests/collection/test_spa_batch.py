@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,7 +55,7 @@ def test_rows_coco_and_heatmaps_equal_the_apis(collection: Collection, tmp_path:
                      "--batch-size", "3") == 1  # some images are broken
     rows = {r["path"]: r for r in rows_of(out)}
     assert sorted(rows) == collection.paths
-    coco = COCO(str(out / "coco.json"))
+    coco = COCO(str(out / "_coco.json"))
     image_ids = {img["file_name"]: img["id"] for img in coco.dataset["images"]}
     assert sorted(image_ids) == collection.good
     labels = load_card(DEMO_MODEL)[0].labels
@@ -192,3 +194,21 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> No
     assert [r["path"] for r in resumed] == sorted(paths)
     assert spa_batch(str(manifest), "--out", str(tmp_path / "whole"), "--batch-size", "2") == 0
     assert resumed == rows_of(tmp_path / "whole")
+
+
+def test_without_method_the_cards_default_method_is_used(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL, model)
+    card = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**card, "default_method": "cam"}))
+    images = tmp_path / "images"
+    write_images(images, 3)
+
+    def run(out: str, *args: str) -> list[dict]:
+        assert main([str(images), "--out", str(tmp_path / out), "--model-dir", str(model), "--heatmaps", "map",
+                     "--no-progress", "--log-level", "WARNING", *args]) == 0
+        return rows_of(tmp_path / out)
+
+    default, cam, scg = run("default"), run("cam", "--method", "cam"), run("scg", "--method", "scg")
+    assert default == cam and [r["maps"] for r in cam] != [r["maps"] for r in scg]
+    assert run("default", "--method", "cam") == default  # the run records the method it used, not "none given"

@@ -18,7 +18,7 @@ from spa_service.evaluation.metrics import as_boxes, box_iou
 from spa_service.evaluation.runner import evaluate
 from spa_service.imaging import decode_image
 from spa_service.localize import Localizer, LocalizeOptions
-from spa_service.settings import Settings
+from spa_service.settings import BUNDLED_PHOTO_MODEL_DIR, Settings
 from spa_service.synth import SynthConfig, generate
 
 FIGURES = (
@@ -121,3 +121,19 @@ def test_thresholds_argument(tmp_path: Path, tiny_model_dir: Path, synth_data: P
     assert all(round(v["cam_threshold"] * 100, 6).is_integer() for v in summary["maxboxacc_acc"].values())
     assert [p["threshold"] for p in summary["per_threshold"]] == [0.1, 0.3, 0.5]
     assert np.isclose(summary["best_threshold"], [0.1, 0.3, 0.5]).any()
+
+
+def test_model_dir_defaults_to_spa_model_dir_and_the_report_names_the_default_method(
+    tmp_path: Path, tiny_model_dir: Path, synth_data: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert Settings().model_dir == BUNDLED_PHOTO_MODEL_DIR  # one default model for every tool
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    card = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**card, "default_method": "cam"}))
+    monkeypatch.setenv("SPA_MODEL_DIR", str(model))
+    out = tmp_path / "r.json"
+    assert main(["--data", str(synth_data), "--method", "cam", "--thresholds", "0.5", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"]["dir"] == str(model) and report["model"]["default_method"] == "cam"
+    assert "the model serves CAM when a request names no method" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import datetime
@@ -121,8 +122,10 @@ def test_cli_random_init_is_marked_and_reproducible(tmp_path):
     assert card_a.name == "tiny-spa-random-init-seed3"
     assert card_a.onnx_sha256 == card_b.onnx_sha256
     assert to_onnx.main(["--arch", "tiny", "--random-init", "--num-classes", "4", "--name", "demo",
-                         "--out", str(tmp_path / "c")]) == 0
+                         "--default-method", "cam", "--out", str(tmp_path / "c")]) == 0
     assert load_card(tmp_path / "c")[0].name == "demo-random-init-seed0"
+    assert json.loads((tmp_path / "c" / "model.json").read_text())["default_method"] == "cam"
+    assert json.loads((tmp_path / "a" / "model.json").read_text())["default_method"] == "scg"  # written, not implied
 
 
 def test_cli_exports_a_checkpoint_with_labels(tmp_path):
