@@ -3,7 +3,7 @@
 # default); mount your own model directory at /models and set SPA_MODEL_DIRS=/models to serve it.
 #   docker build -t spa-localizer . && docker run --rm -p 8000:8000 --read-only --tmpfs /tmp spa-localizer
 
-# --- build: wheels for the project and its runtime dependencies (no torch, nothing from export/) ---
+# --- build: the project's own wheel (the bundled models inside; no torch, nothing from export/) ---
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
@@ -11,16 +11,20 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY export ./export
 COPY models ./models
-RUN python -m pip wheel --wheel-dir /wheels '.[cpu]'
+RUN python -m pip wheel --no-deps --wheel-dir /wheels .
 
-# --- runtime: the wheels installed into a venv (the bundled models inside), a non-root user ---
+# --- runtime: the locked dependencies (requirements/serve.txt: exact versions, sha256-checked, wheels
+# only) and the project's wheel in a venv, a non-root user ---
 FROM python:3.11-slim AS runtime
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PATH=/opt/spa/bin:$PATH
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    --mount=type=bind,source=requirements/serve.txt,target=/tmp/requirements.txt \
     python -m venv /opt/spa \
-    && /opt/spa/bin/pip install --no-index --find-links /wheels 'spa-localizer[cpu]' \
+    && /opt/spa/bin/pip install --require-hashes --only-binary :all: --no-deps -r /tmp/requirements.txt \
+    && /opt/spa/bin/pip install --no-index --no-deps /wheels/*.whl \
+    && /opt/spa/bin/pip check \
     && /opt/spa/bin/pip uninstall -y -q setuptools pip \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin spa
 # Settings (every SPA_* variable is documented in the README). One process per container: the

@@ -1,5 +1,5 @@
 """Checks a running SPA Localizer container against the same model run on this machine, and (`compose`) the
-compose file's profiles.
+compose file and its GPU override.
 
 Called by scripts/test-container; exits non-zero with a message on the first failed check.
 """
@@ -151,48 +151,55 @@ def check_graceful_sigterm(url: str, engine: str, container: str, sample: Path) 
     say(f"request in flight during SIGTERM completed with 200; container stopped (wait: {wait.stdout.strip()})")
 
 
-def check_compose(resolved: dict, raw: dict) -> None:
-    """Each profile starts exactly one service on container port 8000 (CPU and GPU are alternatives), none
-    starts without a profile, and both carry every shared setting (`x-spa-environment`)."""
-    services = resolved.get("services") or {}
-    wanted = {"cpu": "Dockerfile", "gpu": "docker/Dockerfile.gpu"}
-    unprofiled = [name for name, service in services.items() if not service.get("profiles")]
-    if unprofiled:
-        fail(f"compose services {unprofiled} have no profile: they would start beside either profile's service")
+def check_compose(cpu: dict, gpu: dict, raw: dict) -> None:
+    """`docker compose up` (`cpu`: the resolved compose file) and the GPU override (`gpu`: resolved with
+    docker-compose.gpu.yml) each start exactly one service on container port 8000, the same one, so they
+    are alternatives; the override swaps the build and reserves an NVIDIA device; both keep every shared
+    setting (`x-spa-environment`)."""
     shared = raw.get("x-spa-environment") or {}
     if not shared:
         fail("compose file has no x-spa-environment block of shared settings")
-    for profile, dockerfile in wanted.items():
-        enabled = [name for name, service in services.items() if profile in service["profiles"]]
-        if len(enabled) != 1:
-            fail(f"profile {profile} starts {enabled}, expected exactly one service")
-        service = services[enabled[0]]
+    wanted = {"cpu": (cpu, "Dockerfile"), "gpu": (gpu, "docker/Dockerfile.gpu")}
+    names = set()
+    for variant, (resolved, dockerfile) in wanted.items():
+        services = resolved.get("services") or {}
+        if len(services) != 1:
+            fail(f"the {variant} compose configuration starts {sorted(services)}, expected exactly one service")
+        [(name, service)] = services.items()
+        names.add(name)
+        if service.get("profiles"):
+            fail(f"{variant}: service {name} sits behind profiles {service['profiles']}: `docker compose up` skips it")
         build = service.get("build") or {}
         if (build.get("dockerfile") or "Dockerfile") != dockerfile:
-            fail(f"profile {profile}'s service {enabled[0]} builds {build.get('dockerfile')!r}, expected {dockerfile}")
+            fail(f"{variant}: service {name} builds {build.get('dockerfile')!r}, expected {dockerfile}")
         targets = [int(str(port.get("target") if isinstance(port, dict) else port).rsplit(":", 1)[-1])
                    for port in service.get("ports") or []]
         if targets != [8000]:
-            fail(f"profile {profile}'s service {enabled[0]} publishes container ports {targets}, expected [8000]")
+            fail(f"{variant}: service {name} publishes container ports {targets}, expected [8000]")
         environment = service.get("environment") or {}
         missing = sorted(set(shared) - set(environment))
         if missing:
-            fail(f"profile {profile}'s service {enabled[0]} lost the shared settings {missing} (replaced, not extended)")
-    gpu = services[next(name for name, service in services.items() if "gpu" in service["profiles"])]
-    devices = gpu.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices") or []
-    if not any(device.get("driver") == "nvidia" for device in devices):
-        fail("the gpu profile's service reserves no nvidia device")
-    say(f"compose: profiles {sorted(wanted)} each start one service on port 8000, with the {len(shared)} shared settings")
+            fail(f"{variant}: service {name} lost the shared settings {missing} (replaced, not extended)")
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices") or []
+        if any(device.get("driver") == "nvidia" for device in devices) != (variant == "gpu"):
+            fail(f"{variant}: service {name} {'reserves no' if variant == 'gpu' else 'reserves an'} nvidia device")
+    if len(names) != 1:
+        fail(f"the GPU override starts {names - set(cpu['services'])} beside the CPU service: they would share a port")
+    say(f"compose: `up` and the GPU override each start the one service {names.pop()!r} on port 8000, "
+        f"with the {len(shared)} shared settings")
 
 
 def compose_main(argv: list[str]) -> None:
     import yaml
 
     parser = argparse.ArgumentParser(prog="check-container.py compose", description=check_compose.__doc__)
-    parser.add_argument("--resolved", type=Path, required=True, help="`docker-compose config` output")
+    parser.add_argument("--resolved-cpu", type=Path, required=True, help="`docker-compose config` output")
+    parser.add_argument("--resolved-gpu", type=Path, required=True,
+                        help="`docker-compose -f docker-compose.yml -f docker-compose.gpu.yml config` output")
     parser.add_argument("--file", type=Path, required=True, help="the compose file itself")
     args = parser.parse_args(argv)
-    check_compose(yaml.safe_load(args.resolved.read_text()), yaml.safe_load(args.file.read_text()))
+    check_compose(yaml.safe_load(args.resolved_cpu.read_text()), yaml.safe_load(args.resolved_gpu.read_text()),
+                  yaml.safe_load(args.file.read_text()))
 
 
 def main() -> None:

@@ -1,8 +1,13 @@
 """The OpenAPI schema states the limits the server enforces, so that a client generated from it
 is never surprised: topk and class_id bounds from the loaded model, the batch size and body limits
-from the settings, the required image parts."""
+from the settings, the required image parts. Models differ in their bounds, so once they are loaded
+each one's localize operations are listed under its own path (`/v1/models/imagenet-lite0/localize`)
+instead of one `{name}` template that would have to state one bound for all."""
 
 from __future__ import annotations
+
+import copy
+import re
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -24,11 +29,6 @@ def stated_limits(app: FastAPI, settings: Settings, registry: ModelRegistry) -> 
         loaded = bool(registry.services)
         for path in DEFAULT_MODEL_PATHS + NAMED_MODEL_PATHS:
             operation = schema["paths"][path]["post"]
-            if loaded and path in DEFAULT_MODEL_PATHS:
-                _bound_classes(operation, registry.default.localizer.card.num_classes)
-            elif loaded:  # one schema for every model: the bound of the largest, and the names there are
-                _bound_classes(operation, max(s.localizer.card.num_classes for s in registry.services.values()))
-                _name_enum(operation, list(registry.services))
             if path.endswith("/batch"):
                 form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
                 form["properties"]["images"]["maxItems"] = settings.max_batch_images
@@ -37,6 +37,13 @@ def stated_limits(app: FastAPI, settings: Settings, registry: ModelRegistry) -> 
                 "pixels (judged from the header). Binary parts must be images in a format the server decodes "
                 "(JPEG, PNG, WebP, BMP, GIF, TIFF): anything else is answered 415 or 422."
             )
+            if loaded and path in DEFAULT_MODEL_PATHS:
+                _bound_classes(operation, registry.default.localizer.card.num_classes)
+            elif loaded:
+                template = schema["paths"].pop(path)
+                for name, service in registry.services.items():
+                    schema["paths"][path.replace("{name}", name)] = {
+                        "post": _model_operation(template["post"], name, service.localizer.card.num_classes)}
         if loaded:
             for path in ("/v1/models/{name}", "/v1/models/{name}/samples"):
                 _name_enum(schema["paths"][path]["get"], list(registry.services))
@@ -54,6 +61,16 @@ def _bound_classes(operation: dict, num_classes: int) -> None:
             parameter["schema"]["items"]["maximum"] = num_classes - 1
             parameter["schema"]["uniqueItems"] = True  # repeats are refused
             parameter["schema"]["maxItems"] = num_classes
+
+
+def _model_operation(template: dict, name: str, num_classes: int) -> dict:
+    """The `{name}` operation for one model: no name parameter, that model's class bounds."""
+    operation = copy.deepcopy(template)
+    operation["operationId"] = f"{template['operationId']}_{re.sub(r'[^0-9A-Za-z_]', '_', name)}"
+    operation["summary"] = f"{template.get('summary', '')} ({name})".strip()
+    operation["parameters"] = [p for p in operation["parameters"] if p["name"] != "name"]
+    _bound_classes(operation, num_classes)
+    return operation
 
 
 def _name_enum(operation: dict, names: list[str]) -> None:

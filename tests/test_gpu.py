@@ -21,7 +21,8 @@ from spa_service.card import PRESETS
 from spa_service.resize import resize_maps, roundtrip_maps
 from spa_service.scg import normalize_cam, scg_maps, structure_affinity
 
-pytestmark = pytest.mark.skipif(not cupy_available(), reason="cupy with a CUDA device is not available")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not cupy_available(), reason="cupy with a CUDA device is not available")]
 PARAMS = PRESETS["cub"].scg
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -23,6 +23,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+pytestmark = pytest.mark.network
+
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "docker" / "constraints-gpu.txt"
 # The GPU image's Debian (bookworm) has glibc 2.36; pip matches manylinux tags exactly, so list them all.

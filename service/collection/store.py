@@ -1,10 +1,11 @@
 """The output folder: one part file per batch, each written whole or not at all, and the run's settings.
 
-Layout of `OUT/`:
-    spa-batch.json          model and options the rows were made with (a rerun must match them)
+Layout of `OUT/` (everything but the parts starts with `_`, which Parquet readers such as
+`pandas.read_parquet(OUT)` and pyarrow's datasets skip, so the folder reads as one table):
+    _spa-batch.json         model and options the rows were made with (a rerun must match them)
     part-<uuid>.parquet     rows of one batch (or .jsonl: one JSON object per line)
-    heatmaps/               PNGs, when asked
-    coco.json               when asked, rebuilt from every part at the end of each run
+    _heatmaps/              PNGs, when asked
+    _coco.json              when asked, rebuilt from every part at the end of each run
 
 A part is written to a hidden temporary name and renamed into place, so a killed run leaves
 whole parts only, and a rerun reads back which paths are done from the parts alone.
@@ -26,7 +27,8 @@ from fsspec.core import url_to_fs
 from .rows import ROW_SCHEMA, Row
 
 OutputFormat = Literal["parquet", "jsonl"]
-RUN_FILE = "spa-batch.json"
+RUN_FILE = "_spa-batch.json"
+COCO_FILE = "_coco.json"
 _SUFFIX = {"parquet": ".parquet", "jsonl": ".jsonl"}
 _TEMP_PREFIX = ".tmp-part-"
 

@@ -26,7 +26,7 @@ from .rows import Row, error_row, result_row, to_table
 log = logging.getLogger(__name__)
 
 HeatmapOutput = Literal["none", "png", "map"]
-HEATMAP_FOLDER = "heatmaps"
+HEATMAP_FOLDER = "_heatmaps"
 
 Loaded = DecodedImage | SpaError
 

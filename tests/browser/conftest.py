@@ -19,10 +19,6 @@ if TYPE_CHECKING:  # playwright may be missing: then the tests skip
     from playwright.sync_api import Browser, Page
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "browser: drives Chromium (deselect with -m 'not browser')")
-
-
 @pytest.fixture(scope="session")
 def playwright_api() -> ModuleType:
     """playwright.sync_api, or a skip saying what is missing. Every fixture that starts something

@@ -15,6 +15,8 @@ from collection_helpers import DEMO_MODEL, Collection
 
 from spa_service.collection.store import Store
 
+pytestmark = pytest.mark.system
+
 pytest.importorskip("ray")
 
 SPA_BATCH = Path(sys.executable).with_name("spa-batch")
@@ -51,7 +53,7 @@ def test_ray_engine_gives_the_local_engines_rows(collection: Collection, tmp_pat
     )
     assert ray.returncode == 1, ray.stderr.decode()
     assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
-    assert (tmp_path / "ray" / "coco.json").read_bytes() == (tmp_path / "local" / "coco.json").read_bytes()
+    assert (tmp_path / "ray" / "_coco.json").read_bytes() == (tmp_path / "local" / "_coco.json").read_bytes()
     deadline = time.monotonic() + 60
     while left := _processes_tagged(tag):
         assert time.monotonic() < deadline, f"Ray processes still running after the run: {left}"

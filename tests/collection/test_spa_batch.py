@@ -212,3 +212,18 @@ def test_without_method_the_cards_default_method_is_used(tmp_path: Path) -> None
     default, cam, scg = run("default"), run("cam", "--method", "cam"), run("scg", "--method", "scg")
     assert default == cam and [r["maps"] for r in cam] != [r["maps"] for r in scg]
     assert run("default", "--method", "cam") == default  # the run records the method it used, not "none given"
+
+
+def test_the_output_folder_reads_as_one_table_with_pandas_and_pyarrow(tmp_path: Path) -> None:
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    write_images(images, 5)
+    assert spa_batch(str(images), "--out", str(out), "--batch-size", "2", "--coco", "--heatmaps", "png") == 0
+    assert {p.name for p in out.iterdir() if not p.name.startswith("part-")} == {
+        "_spa-batch.json", "_coco.json", "_heatmaps"}
+    expected = sorted(r["path"] for r in rows_of(out))
+    assert len(expected) == 5
+    assert sorted(pd.read_parquet(out)["path"]) == expected
+    assert sorted(ds.dataset(out, format="parquet").to_table()["path"].to_pylist()) == expected

@@ -19,6 +19,8 @@ from spa_service.imaging import heatmap_to_uint8
 from spa_service.localize import Localizer, LocalizeOptions
 from spa_service.settings import Settings
 
+pytestmark = pytest.mark.system
+
 BODY_LIMIT = 200_000
 
 
