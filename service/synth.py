@@ -33,6 +33,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .argtypes import non_negative_int
+
 log = logging.getLogger(__name__)
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), inclusive pixels
@@ -411,16 +413,6 @@ def _write_jpeg(path: Path, pixels: np.ndarray) -> None:
     path.write_bytes(data.tobytes())
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     defaults = SynthConfig()
     parser = argparse.ArgumentParser(
@@ -429,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "The defaults are the benchmark the demo model is trained and evaluated on.",
     )
     parser.add_argument("--out", type=Path, required=True, help="new or empty directory to write into")
-    count = _non_negative_int
+    count = non_negative_int
     parser.add_argument("--seed", type=count, default=defaults.seed, help="default %(default)s")
     parser.add_argument(
         "--classes", type=count, default=defaults.classes, help=f"1..{MAX_CLASSES}, default %(default)s"

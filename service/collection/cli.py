@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from pydantic import ValidationError
+from tqdm import tqdm
 
 from ..argtypes import non_negative_float, positive_int
 from ..boxes import BoxMode
@@ -123,8 +124,6 @@ def _ray_tables(args: argparse.Namespace, settings: Settings, options: LocalizeO
 
 def _write_all(store: Store, tables: Iterator[pa.Table], total: int, *, progress: bool) -> Counter[str]:
     """Write each batch's rows as a part, as they come; the error codes seen."""
-    from tqdm import tqdm
-
     started = time.perf_counter()
     first: tuple[float, int] | None = None  # when the first batch was written, and its rows
     codes: Counter[str] = Counter()
@@ -152,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not isinstance(logging.getLevelName(level), int):
         parser.error(f"unknown log level {args.log_level!r} (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
-    missing = [m for m in ("pyarrow", "fsspec", "tqdm") + (("ray",) if args.engine == "ray" else ())
+    missing = [m for m in ("pyarrow", "fsspec") + (("ray",) if args.engine == "ray" else ())
                if importlib.util.find_spec(m) is None]
     if missing:
         extra = "ray" if args.engine == "ray" else "batch"

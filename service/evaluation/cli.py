@@ -16,13 +16,14 @@ import argparse
 import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, cast
 
 from pydantic import ValidationError
+from tqdm import tqdm
 
+from ..argtypes import positive_int
 from ..card import Method, ModelCard, write_card
 from ..errors import ModelLoadError
 from ..localize import Localizer
@@ -41,31 +42,6 @@ DEFAULT_SWEEP = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
 METHOD_NAMES = {"cam": "CAM", "scg": "+SCG"}
 
 
-class Progress:
-    """A one-line progress bar on a terminal; elsewhere (logs, CI) a line every 10%."""
-
-    def __init__(self, total: int, stream: TextIO | None = None, width: int = 30) -> None:
-        self.total, self.done, self.width = total, 0, width
-        self.stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced
-        self.tty = self.stream.isatty()
-        self.start = time.perf_counter()
-        self._next_line = 0.1
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        fraction = self.done / self.total if self.total else 1.0
-        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-        if self.tty:
-            filled = int(fraction * self.width)
-            bar = "#" * filled + "-" * (self.width - filled)
-            end = "\n" if self.done >= self.total else ""
-            line = f"\rspa-eval [{bar}] {self.done}/{self.total} {rate:.1f} img/s"
-            print(line, end=end, file=self.stream, flush=True)
-        elif fraction >= self._next_line or self.done >= self.total:
-            print(f"spa-eval: {self.done}/{self.total} images ({rate:.1f} img/s)", file=self.stream, flush=True)
-            self._next_line = (int(fraction * 10) + 1) / 10
-
-
 def _methods(text: str) -> list[Method]:
     names = [m.strip().lower() for m in text.split(",") if m.strip()]
     bad = [m for m in names if m not in ("cam", "scg")]
@@ -82,12 +58,6 @@ def _thresholds(text: str) -> list[float]:
     if not values or any(not 0.0 <= v <= 1.0 for v in values):
         raise argparse.ArgumentTypeError(f"thresholds are numbers in [0, 1]; got {text!r}")
     return values
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,8 +87,9 @@ def _parser() -> argparse.ArgumentParser:
         help="box thresholds to sweep, e.g. 0.1,0.25,0.3 (default 0.05..0.95 by 0.05, plus the card's)",
     )
     parser.add_argument(
-        "--batch-size", type=_positive, default=16, help="images per backbone call (default %(default)s)"
+        "--batch-size", type=positive_int, default=16, help="images per backbone call (default %(default)s)"
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--wsol-protocol",
         choices=("wsol", "original"),
@@ -276,17 +247,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             "evaluating %s on %d images (%s layout, %s split)",
             card.name, len(dataset.samples), dataset.layout, args.split,
         )
-        evaluation = evaluate(
-            localizer,
-            dataset.samples,
-            methods=args.method,
-            thresholds=sweep(requested, card, args.method),
-            protocol=protocol,
-            batch_size=args.batch_size,
-            max_pixels=settings.max_image_pixels,
-            examples=examples[0] if examples else 0,
-            on_batch=Progress(len(dataset.samples)),
-        )
+        with tqdm(total=len(dataset.samples), unit="img", disable=args.no_progress, dynamic_ncols=True,
+                  file=sys.stderr) as bar:
+            evaluation = evaluate(
+                localizer,
+                dataset.samples,
+                methods=args.method,
+                thresholds=sweep(requested, card, args.method),
+                protocol=protocol,
+                batch_size=args.batch_size,
+                max_pixels=settings.max_image_pixels,
+                examples=examples[0] if examples else 0,
+                on_batch=bar.update,
+            )
     except (ModelLoadError, DatasetError, ValidationError) as exc:
         print(f"spa-eval: error: {exc}".replace("\n", " "), file=sys.stderr)
         return EXIT_USAGE
