@@ -8,10 +8,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import jsonpatch
 import kubernetes_validate
 import pytest
 import yaml
-from kustomize_render import apply_json_patch, render
+from kustomize_render import render
 
 from spa_service.metrics import Metrics
 from spa_service.settings import Settings
@@ -75,7 +76,7 @@ BROKEN = [
 def test_a_broken_manifest_is_refused(path: str, value: object) -> None:
     deployment = _by_kind(render(K8S / "base"))["Deployment"]
     kubernetes_validate.validate(deployment, VERSIONS[-1], strict=True)
-    broken = apply_json_patch(deployment, [{"op": "add", "path": path, "value": value}])
+    broken = jsonpatch.apply_patch(deployment, [{"op": "add", "path": path, "value": value}])
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, VERSIONS[-1], strict=True)
 
