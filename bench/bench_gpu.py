@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import logging
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,8 +41,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
-from PIL import Image
 
+from bench.bench_http import IMAGE_SIZE, free_port, jpegs, start_server
 from spa_service.arrays import cupy_available
 from spa_service.card import CARD_FILE, ModelCard, load_card, sha256_of, write_card
 from spa_service.engine import CudaOptions, Engine, available_cores
@@ -60,7 +58,6 @@ NUM_CLASSES = 200
 BATCHES = (1, 8, 32, 64)
 SCG_BATCHES = (1, 32)
 CLIENTS = (16, 64)
-IMAGE_SIZE = (500, 375)  # width, height of the HTTP and agreement images
 LARGE = 1024  # float tensors with at least this many elements travel as (mean, std) only
 GRAPH_FILE, STATS_FILE = "graph.onnx", "weights.json"
 MAX_PIXELS = 40_000_000
@@ -134,23 +131,6 @@ def make_fp16(fp32_dir: Path, out_dir: Path, images: Sequence[Path]) -> tuple[Pa
 
 
 # --- inputs --------------------------------------------------------------------------------------------------
-
-
-def jpegs(count: int, seed: int = 0) -> list[bytes]:
-    """Distinct 500 x 375 JPEGs (quality 90): smooth blobs over noise, about a photo's size."""
-    rng = np.random.default_rng(seed)
-    width, height = IMAGE_SIZE
-    yy, xx = np.mgrid[:height, :width].astype(np.float32)
-    out = []
-    for _ in range(count):
-        pixels = rng.normal(90, 25, (height, width, 3)).astype(np.float32)
-        for _ in range(4):
-            cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(30, 150)
-            pixels += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))[..., None] * rng.uniform(-80, 140, 3)
-        buffer = io.BytesIO()
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
 
 
 def timed(fn: Callable[[], object], min_seconds: float, min_runs: int = 5) -> list[float]:
@@ -235,31 +215,6 @@ def _cupy() -> Any:
     return cupy
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(model_dir: Path, port: int, log_path: Path, env: dict[str, str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "spa_service.cli", "--model-dir", str(model_dir), "--host", "127.0.0.1",
-               "--port", str(port)]
-    with log_path.open("wb") as server_log:
-        process = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env={**os.environ, **env})
-    deadline = time.monotonic() + 600  # warm-up on CUDA runs every batch size
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"spa-serve exited ({process.returncode}):\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"spa-serve not ready after 600 s:\n{log_path.read_text()[-3000:]}")
-
-
 async def http_rate(url: str, images: list[bytes], clients: int, seconds: float) -> tuple[float, int]:
     """Images per second answered 200 with `clients` clients posting one image after another; errors."""
     done, errors = 0, 0
@@ -306,7 +261,8 @@ def http_rows(model_dir: Path, label: str, seconds: float, threads: int, work: P
     port = free_port()
     env = {"SPA_PROVIDERS": "cuda" if cuda else "cpu", "SPA_DECODE_THREADS": str(threads),
            "SPA_MAX_BATCH_SIZE": "32", "SPA_MAX_QUEUE_SIZE": str(4 * max(CLIENTS)), "SPA_LOG_LEVEL": "WARNING"}
-    server = start_server(model_dir, port, work / f"spa-serve-{card.arch}.log", env)
+    # warm-up on CUDA runs every batch size
+    server = start_server(model_dir, port, work / f"spa-serve-{card.arch}.log", env, ready_timeout_s=600)
     try:
         url = f"http://127.0.0.1:{port}"
         served = httpx.get(f"{url}/v1/models", timeout=10).json()["models"][0]  # the default model

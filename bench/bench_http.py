@@ -117,15 +117,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
-    command = [str(Path(sys.executable).with_name("spa-serve")), "--model-dir", str(model_dir),
-               "--host", "127.0.0.1", "--port", str(port)]
+def start_server(model_dir: Path, port: int, log_path: Path, env: dict[str, str] | None = None,
+                 ready_timeout_s: float = 120.0) -> subprocess.Popen:
+    """spa-serve (as `python -m`, which also works where the package was installed without its scripts)
+    on `port`, once /readyz answers 200."""
+    command = [sys.executable, "-m", "spa_service.cli", "--model-dir", str(model_dir), "--host", "127.0.0.1",
+               "--port", str(port)]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"spa-serve exited ({process.returncode}):\n{log_path.read_text()}")
+            raise SystemExit(f"spa-serve exited ({process.returncode}):\n{log_path.read_text()[-3000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                 return process
@@ -133,7 +136,7 @@ def start_server(model_dir: Path, port: int, log_path: Path) -> subprocess.Popen
             pass
         time.sleep(0.2)
     process.kill()
-    raise SystemExit(f"spa-serve not ready after 120 s:\n{log_path.read_text()}")
+    raise SystemExit(f"spa-serve not ready after {ready_timeout_s:.0f} s:\n{log_path.read_text()[-3000:]}")
 
 
 def batch_counts(metrics_text: str) -> tuple[float, float]:
