@@ -1,8 +1,16 @@
 // The demo page: pick a model, then pick, drop or sample an image; POST it to that model's
-// v1/models/NAME/localize with the chosen options;
-// draw the answer with overlay.js; list the classes and timings. Every failure ends in a visible
-// message. <body data-state> is loading | idle | busy | done | error, for styling and for tests.
+// v1/models/NAME/localize with the chosen options; draw the answer with overlay.js; list the classes
+// and timings. CAM and SCG can be shown side by side: each method's answer for the current image and
+// options is kept, so switching the method or the comparison sends nothing already answered. Every
+// failure ends in a visible message. <body data-state> is loading | idle | busy | done | error, for
+// styling and for tests.
 import { BOX_COLOURS, drawLocalization } from "./overlay.js";
+
+const METHODS = {
+  scg: { name: "SCG", about: "SPA's refined map" },
+  cam: { name: "CAM", about: "plain class activation map" },
+};
+const otherMethod = (method) => (method === "scg" ? "cam" : "scg");
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -16,7 +24,9 @@ const ui = {
   sampleList: $("sample-list"),
   topk: $("topk"),
   method: $("method"),
+  compare: $("compare"),
   threshold: $("threshold"),
+  thresholdMethod: $("threshold-method"),
   thresholdValue: $("threshold-value"),
   thresholdHint: $("threshold-hint"),
   boxMode: $("box-mode"),
@@ -29,7 +39,12 @@ const ui = {
   status: $("status"),
   error: $("error"),
   output: $("output"),
-  canvas: $("canvas"),
+  figures: $("figures"),
+  // One figure per method shown: the chosen method's, then the other one's when comparing.
+  views: [
+    { figure: $("main-figure"), caption: $("main-caption"), canvas: $("canvas") },
+    { figure: $("compare-figure"), caption: $("compare-caption"), canvas: $("compare-canvas") },
+  ],
   predictions: $("predictions"),
   timings: $("timings"),
 };
@@ -39,9 +54,12 @@ const state = {
   card: null, // the chosen model's card
   file: null, // the File chosen last
   image: null, // promise of its ImageBitmap, or of null when the browser cannot decode it
-  shown: null, // what the result area shows: {name, image, result}, result being the API's answer
-  selected: 0, // index of the prediction whose heatmap is shown
-  request: null, // AbortController of the newest localize request
+  thresholds: {}, // box threshold per method: the card's, until the slider changes it
+  answers: new Map(), // method -> {key, threshold, result, roundTripMs}: its newest answer for the file
+  requests: new Map(), // method -> {key, controller, promise}: its request in flight
+  call: null, // the newest localize() call: only it draws
+  shown: null, // what the result area shows: {name, image, views: [{method, threshold, result, roundTripMs}]}
+  selected: 0, // index (in the first view's answer) of the prediction whose heatmap is shown
 };
 
 // --- Talking to the API ----------------------------------------------------------------------
@@ -103,23 +121,44 @@ function showError(error) {
 const percent = (score) => `${(100 * score).toFixed(1)} %`;
 const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
-function summary(name, result) {
-  const classes = result.predictions
-    .map((p, i) => `${i + 1}. ${p.label}, ${percent(p.score)}, ${plural(p.boxes.length, "box", "boxes")}`)
+/** Each shown method's boxes of the class `classId`, "SCG 1 box, CAM 2 boxes" or "1 box" alone. */
+function boxCounts(views, classId) {
+  return views
+    .map(({ method, result }) => {
+      const count = plural(boxesOf(result, classId).length, "box", "boxes");
+      return views.length > 1 ? `${METHODS[method].name} ${count}` : count;
+    })
+    .join(", ");
+}
+
+function boxesOf(result, classId) {
+  return result.predictions.find((p) => p.class_id === classId)?.boxes ?? [];
+}
+
+function summary(name, views) {
+  const classes = views[0].result.predictions
+    .map((p, i) => `${i + 1}. ${p.label}, ${percent(p.score)}, ${boxCounts(views, p.class_id)}`)
     .join("; ");
-  return `${name}: ${classes}. Took ${Math.round(result.timings_ms.total)} ms.`;
+  const took = views.map(({ method, result }) => `${Math.round(result.timings_ms.total)} ms (${METHODS[method].name})`);
+  const methods = views.map(({ method }) => METHODS[method].name).join(" beside ");
+  return `${name}, ${methods}: ${classes}. Took ${took.join(" and ")}.`;
 }
 
 function renderPredictions() {
+  const { views } = state.shown;
   ui.predictions.replaceChildren(
-    ...state.shown.result.predictions.map((p, i) => {
+    ...views[0].result.predictions.map((p, i) => {
       const button = document.createElement("button");
       button.type = "button";
       button.dataset.classId = p.class_id;
       button.style.setProperty("--swatch", BOX_COLOURS[i % BOX_COLOURS.length]);
       button.setAttribute("aria-pressed", String(i === state.selected));
-      const boxes = p.boxes.map((b) => `[${b.join(", ")}]`).join(" ") || "no box above the threshold";
-      button.append(span("label", p.label), span("score", percent(p.score)), span("boxes", boxes));
+      button.append(span("label", p.label), span("score", percent(p.score)));
+      for (const { method, result } of views) {
+        const boxes = boxesOf(result, p.class_id).map((b) => `[${b.join(", ")}]`).join(" ");
+        const text = boxes || "no box above the threshold";
+        button.append(span("boxes", views.length > 1 ? `${METHODS[method].name} ${text}` : text));
+      }
       button.addEventListener("click", () => selectPrediction(i));
       const item = document.createElement("li");
       item.append(button);
@@ -135,29 +174,64 @@ function span(className, text) {
   return element;
 }
 
-function renderTimings(roundTripMs) {
-  const rows = [...Object.entries(state.shown.result.timings_ms), ["round trip (browser)", roundTripMs]];
-  ui.timings.replaceChildren(
-    ...rows.flatMap(([stage, ms]) => {
-      const dt = document.createElement("dt");
-      dt.textContent = stage;
-      const dd = document.createElement("dd");
-      dd.textContent = `${ms.toFixed(1)} ms`;
-      return [dt, dd];
-    }),
-  );
+function cell(tag, text, scope) {
+  const element = document.createElement(tag);
+  element.textContent = text;
+  if (scope) element.scope = scope;
+  return element;
 }
 
-async function redraw() {
-  const { shown: { name, image, result }, selected } = state;
-  const drawn = await drawLocalization(ui.canvas, image, result, { selected, opacity: Number(ui.opacity.value) });
-  if (drawn === null) return; // a newer draw took over
-  const heatmapOf = result.predictions[selected];
-  ui.canvas.setAttribute(
-    "aria-label",
-    `${name} with ${plural(drawn.length, "box", "boxes")}` +
-      (heatmapOf?.heatmap ? ` and the heatmap of ${heatmapOf.label}` : ""),
+/** One row per stage, one column per shown method (a stage a method skips shows a dash). */
+function renderTimings() {
+  const { views } = state.shown;
+  const stages = [...new Set(views.flatMap(({ result }) => Object.keys(result.timings_ms)))];
+  const row = (...cells) => {
+    const tr = document.createElement("tr");
+    tr.append(...cells);
+    return tr;
+  };
+  const times = (header, values) =>
+    row(cell("th", header, "row"), ...values.map((ms) => cell("td", ms === undefined ? "–" : `${ms.toFixed(1)} ms`)));
+  const head = document.createElement("thead");
+  head.append(row(cell("th", "stage", "col"), ...views.map(({ method }) => cell("th", METHODS[method].name, "col"))));
+  const body = document.createElement("tbody");
+  body.append(
+    ...stages.map((stage) => times(stage, views.map(({ result }) => result.timings_ms[stage]))),
+    times("round trip (browser)", views.map(({ roundTripMs }) => roundTripMs)),
   );
+  ui.timings.replaceChildren(head, body);
+}
+
+/** Captions and which figures show; each canvas says which method it draws in data-method. */
+function renderFigures() {
+  const { views } = state.shown;
+  ui.figures.classList.toggle("compare", views.length > 1);
+  for (const [i, { figure, caption, canvas }] of ui.views.entries()) {
+    const view = views[i];
+    figure.hidden = !view;
+    if (!view) continue;
+    const { name, about } = METHODS[view.method];
+    caption.textContent = `${name}: ${about}, boxes at ${view.threshold.toFixed(2)}`;
+    canvas.dataset.method = view.method;
+  }
+}
+
+/** Draw every shown method's answer, each with the heatmap of the selected class. */
+async function redraw() {
+  const { name, image, views } = state.shown;
+  const classId = views[0].result.predictions[state.selected]?.class_id;
+  const draw = async ({ method, result }, { canvas }) => {
+    const selected = Math.max(0, result.predictions.findIndex((p) => p.class_id === classId));
+    const boxes = await drawLocalization(canvas, image, result, { selected, opacity: Number(ui.opacity.value) });
+    if (boxes === null) return; // a newer draw took over
+    const heatmapOf = result.predictions[selected];
+    canvas.setAttribute(
+      "aria-label",
+      `${name}, ${METHODS[method].name}, with ${plural(boxes.length, "box", "boxes")}` +
+        (heatmapOf?.heatmap ? ` and the heatmap of ${heatmapOf.label}` : ""),
+    );
+  };
+  await Promise.all(views.map((view, i) => draw(view, ui.views[i])));
 }
 
 function selectPrediction(index) {
@@ -170,48 +244,113 @@ function selectPrediction(index) {
 
 // --- Actions ---------------------------------------------------------------------------------
 
-/** reveal: scroll the result into view if it is off screen (a new image on a phone, say). */
-async function localize({ reveal = false } = {}) {
-  if (!state.file) return;
-  state.request?.abort(); // a newer request makes the older one's answer stale
-  const request = (state.request = new AbortController());
-  const { file, image: decoding } = state;
+/** The methods the result area shows: the chosen one, then the other one when comparing. */
+function shownMethods() {
+  const method = ui.method.value;
+  return ui.compare.checked ? [method, otherMethod(method)] : [method];
+}
+
+/** The request for `method` with the current options; it names the image's model and every option. */
+function requestPath(method) {
   const params = new URLSearchParams({
     topk: ui.topk.value,
-    method: ui.method.value,
-    threshold: ui.threshold.value,
+    method,
+    threshold: String(state.thresholds[method]),
     box_mode: ui.boxMode.value,
   });
+  return `v1/models/${encodeURIComponent(state.card.name)}/localize?${params}`;
+}
+
+const isKept = (method) => state.answers.get(method)?.key === requestPath(method);
+
+/** The answer for `method` with the current options: the kept one, the one in flight, or a new request
+ * (which replaces an older request of that method, whose options are stale). */
+function answerFor(method) {
+  const key = requestPath(method);
+  if (isKept(method)) return Promise.resolve(state.answers.get(method));
+  const running = state.requests.get(method);
+  if (running?.key === key) return running.promise;
+  running?.controller.abort();
+  const controller = new AbortController();
+  const { file } = state;
   const body = new FormData();
   body.append("image", file, file.name);
-  setState("busy", `Localizing ${file.name}…`);
   const started = performance.now();
+  const threshold = state.thresholds[method];
+  const promise = callApi(key, { method: "POST", body, signal: controller.signal })
+    .then((result) => {
+      const answer = { key, threshold, result, roundTripMs: performance.now() - started };
+      if (state.requests.get(method)?.controller === controller) state.answers.set(method, answer);
+      return answer;
+    })
+    .finally(() => {
+      if (state.requests.get(method)?.controller === controller) state.requests.delete(method);
+    });
+  state.requests.set(method, { key, controller, promise });
+  return promise;
+}
+
+/** Forget every answer and stop every request: a new image, or the user asked to localize again. */
+function dropAnswers() {
+  for (const { controller } of state.requests.values()) controller.abort();
+  state.requests.clear();
+  state.answers.clear();
+}
+
+/** Whether the result area already shows these methods' kept answers to the current options for `file`. */
+function isShown(file, methods) {
+  const views = state.shown?.file === file && !ui.output.hidden ? state.shown.views : [];
+  const same = (m, i) => views[i].method === m && isKept(m) && views[i].key === requestPath(m);
+  return views.length === methods.length && methods.every(same);
+}
+
+function doneMessage() {
+  const { name, image, views } = state.shown;
+  const grey = image ? "" : " This browser cannot show the image itself: its heatmap and boxes are drawn on grey.";
+  return summary(name, views) + grey;
+}
+
+/** Show the shown methods' answers, asking for those not kept.
+ * reveal: scroll the result into view if it is off screen (a new image on a phone, say). */
+async function localize({ reveal = false } = {}) {
+  if (!state.file) return;
+  const call = (state.call = {}); // a newer call makes this one's answers stale
+  const { file, image: decoding } = state;
+  const methods = shownMethods();
+  if (isShown(file, methods)) {
+    // A change that changes nothing (a field left with its value): redrawing would replace the class
+    // buttons under the pointer. It still ends what an older call had started.
+    setState("done", doneMessage());
+    return;
+  }
+  if (!methods.every(isKept)) setState("busy", `Localizing ${file.name}…`);
   try {
-    const path = `v1/models/${encodeURIComponent(state.card.name)}/localize?${params}`;
-    const result = await callApi(path, { method: "POST", body, signal: request.signal });
-    const roundTripMs = performance.now() - started;
+    const answers = await Promise.all(methods.map(answerFor));
     const image = await decoding;
-    if (state.request !== request) return;
-    state.shown = { name: file.name, image, result };
-    state.selected = 0;
+    if (state.call !== call) return;
+    const views = answers.map((answer, i) => ({ method: methods[i], ...answer }));
+    state.shown = { file, name: file.name, image, views };
+    if (state.selected >= answers[0].result.predictions.length) state.selected = 0;
     ui.output.hidden = false;
+    renderFigures();
     renderPredictions();
-    renderTimings(roundTripMs);
+    renderTimings();
     await redraw();
-    if (state.request !== request) return;
-    const grey = image ? "" : " This browser cannot show the image itself: its heatmap and boxes are drawn on grey.";
-    setState("done", summary(file.name, result) + grey);
+    if (state.call !== call) return;
+    setState("done", doneMessage());
     const { top, bottom } = ui.resultPanel.getBoundingClientRect();
     if (reveal && (top > innerHeight || bottom < 0)) ui.resultPanel.scrollIntoView({ block: "start" });
   } catch (error) {
-    if (error.name === "AbortError" || state.request !== request) return;
+    if (error.name === "AbortError" || state.call !== call) return;
     showError(error);
   }
 }
 
 function setFile(file) {
+  dropAnswers();
   state.file = file;
   state.image = createImageBitmap(file).catch(() => null);
+  state.selected = 0;
   ui.run.disabled = false;
   localize({ reveal: true });
 }
@@ -253,15 +392,18 @@ async function loadModels() {
   return true;
 }
 
-/** Show the picked model's card and samples. */
+/** Show the picked model's card and samples; its default method and thresholds become the options. */
 async function useModel(name) {
   state.card = state.models.find((card) => card.name === name) ?? state.models[0];
-  const { arch, num_classes: classes } = state.card;
+  const { arch, num_classes: classes, default_method: method, box_threshold: thresholds } = state.card;
   ui.model.textContent = `${state.card.name} · ${arch} · ${plural(classes, "class", "classes")}`;
   showPrecision(state.card);
   ui.topk.max = classes;
   ui.topk.value = Math.min(classes, Number(ui.topk.value) || 1);
-  applyDefaultThreshold();
+  state.thresholds = Object.fromEntries(Object.keys(METHODS).map((m) => [m, thresholds[m]]));
+  state.selected = 0;
+  ui.method.value = method;
+  showThreshold();
   await loadSamples(state.card.name);
 }
 
@@ -303,22 +445,26 @@ async function loadSamples(model) {
   ui.samples.hidden = samples.length === 0;
 }
 
-function applyDefaultThreshold() {
-  const value = state.card?.box_threshold?.[ui.method.value];
-  if (value === undefined) return;
-  ui.threshold.value = value;
+/** The slider shows the chosen method's threshold; the other method keeps its own. */
+function showThreshold() {
+  const method = ui.method.value;
+  const { name } = METHODS[method];
+  ui.threshold.value = state.thresholds[method];
   ui.thresholdValue.value = Number(ui.threshold.value).toFixed(2);
-  const method = ui.method.value.toUpperCase();
-  ui.thresholdHint.textContent = `Map values above it make the boxes; the model's default for ${method} is ${value}.`;
+  ui.thresholdMethod.textContent = name;
+  ui.thresholdHint.textContent =
+    `Map values above it make the ${name} boxes; the model's default is ${state.card.box_threshold[method]}.`;
 }
 
 // --- Wiring ----------------------------------------------------------------------------------
 
 let rerunTimer;
-/** Options changed: localize the current image again, once the user pauses. */
+/** Options changed: show the kept answers at once, or ask again once the user pauses. */
 function rerunSoon() {
   clearTimeout(rerunTimer);
-  if (state.file) rerunTimer = setTimeout(localize, 250);
+  if (!state.file) return;
+  if (shownMethods().every(isKept)) localize();
+  else rerunTimer = setTimeout(localize, 250);
 }
 
 ui.file.addEventListener("change", () => {
@@ -343,6 +489,7 @@ document.addEventListener("drop", (event) => {
 
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
+  dropAnswers(); // "Localize" asks again, even for kept answers
   localize();
 });
 ui.topk.addEventListener("change", () => {
@@ -355,13 +502,17 @@ ui.modelPicker.addEventListener("change", async () => {
   if (state.file) localize();
 });
 ui.method.addEventListener("change", () => {
-  applyDefaultThreshold();
+  showThreshold();
   rerunSoon();
 });
+ui.compare.addEventListener("change", rerunSoon);
 ui.threshold.addEventListener("input", () => {
   ui.thresholdValue.value = Number(ui.threshold.value).toFixed(2);
 });
-ui.threshold.addEventListener("change", rerunSoon);
+ui.threshold.addEventListener("change", () => {
+  state.thresholds[ui.method.value] = Number(ui.threshold.value);
+  rerunSoon();
+});
 ui.boxMode.addEventListener("change", rerunSoon);
 ui.opacity.addEventListener("input", () => {
   ui.opacityValue.value = Number(ui.opacity.value).toFixed(2);

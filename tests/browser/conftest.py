@@ -6,6 +6,7 @@ They skip, saying why, where /usr/bin/chromium (scripts/install-browser) or the 
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,9 +43,12 @@ def browser(playwright_api: ModuleType) -> Iterator[Browser]:
 
 @pytest.fixture(scope="session")
 def model_dir(playwright_api: ModuleType, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with a samples/ folder holding the test photos, like models/demo/samples/."""
+    """The tiny model, named `tiny` (apart from the bundled models), with a samples/ folder holding the test
+    photos, like models/demo/samples/."""
     out = tmp_path_factory.mktemp("browser-model") / "tiny"
-    shutil.copytree(tiny_model_dir, out)
+    shutil.copytree(tiny_model_dir, out, ignore=shutil.ignore_patterns("samples"))  # its own, if it has any
+    card = json.loads((out / "model.json").read_text())
+    (out / "model.json").write_text(json.dumps({**card, "name": "tiny"}))
     (out / "samples").mkdir()
     for photo in PHOTOS:
         shutil.copy(photo, out / "samples")

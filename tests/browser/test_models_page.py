@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -57,6 +59,42 @@ def test_the_picker_switches_model_samples_and_answers(new_page: Callable[..., P
         files={"image": (PHOTOS[0].name, PHOTOS[0].read_bytes())}, timeout=30,
     ).json()
     assert_same_boxes(drawn_boxes(page), boxes_of(direct))
+
+
+@pytest.fixture(scope="module")
+def default_method_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Two copies of the tiny model: `tiny-scg`, whose card makes SCG the default method (the default
+    model), and `tiny-cam`, CAM."""
+    root = tmp_path_factory.mktemp("default-method")
+    dirs = []
+    for method in ("scg", "cam"):
+        copy = Path(shutil.copytree(model_dir, root / f"tiny-{method}"))
+        card = json.loads((copy / "model.json").read_text())
+        (copy / "model.json").write_text(json.dumps({**card, "name": f"tiny-{method}", "default_method": method}))
+        dirs.append(copy)
+    with spa_serve(dirs, root / "server.log") as server:
+        yield server
+
+
+def test_the_page_starts_with_each_models_default_method(
+    new_page: Callable[..., Page], default_method_server: Server
+) -> None:
+    server = default_method_server
+    cards = {c["name"]: c for c in httpx.get(f"{server.url}/v1/models").json()["models"]}
+    assert [c["default_method"] for c in cards.values()] == ["scg", "cam"]
+    page = open_demo(new_page, server)
+    assert page.input_value("#method") == "scg"
+    query, _ = localize_with(page, lambda: page.set_input_files("#file", PHOTOS[0]))
+    assert query["method"] == "scg"
+
+    # Another model: its default method and that method's threshold, for the image already chosen.
+    with page.expect_response(lambda r: urlsplit(r.url).path == "/v1/models/tiny-cam/localize") as switched:
+        page.select_option("#model-picker", "tiny-cam")
+    page.wait_for_selector("body[data-state=done]")
+    query = dict(parse_qsl(urlsplit(switched.value.url).query))
+    assert query["method"] == "cam" == page.input_value("#method")
+    assert query["threshold"] == str(cards["tiny-cam"]["box_threshold"]["cam"])
+    assert drawn_boxes(page) == boxes_of(switched.value.json())
 
 
 def behind_prefix(page: Page, server: Server, outside: list[str]) -> None:

@@ -1,15 +1,20 @@
-"""The demo page at `/`: results drawn as the API returned them, options, samples, and every error shown.
+"""The demo page at `/`: results drawn as the API returned them, options, CAM beside SCG, samples, and
+every error shown.
 
-SPA_UPDATE_SCREENSHOT=1 also writes the desktop screenshot of chelsea.jpg to docs/screenshot.png.
+SPA_UPDATE_SCREENSHOT=1 also writes the README's screenshot, docs/screenshot.png: the bundled real-photo
+model on its sample SCREENSHOT_SAMPLE, CAM beside SCG.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import numpy as np
@@ -25,18 +30,57 @@ from browser_helpers import (
     drawn_boxes,
     localize_with,
     open_demo,
+    spa_serve,
 )
 from PIL import Image
+
+from spa_service.settings import BUNDLED_PHOTO_MODEL_DIR
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 pytestmark = pytest.mark.browser
+SCREENSHOT_SAMPLE = "coffee.jpg"
 
 
 def set_range(page: Page, selector: str, value: float) -> None:
     """What dragging a slider does: a new value, then an `input` event."""
     page.eval_on_selector(selector, "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }", value)
+
+
+def png_data_uri(uri: str) -> np.ndarray:
+    with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as image:
+        return np.asarray(image.convert("RGB") if image.mode != "L" else image)
+
+
+def canvas_rgb(page: Page, selector: str) -> np.ndarray:
+    """(H, W, 3) uint8: what the canvas shows, read back losslessly."""
+    return png_data_uri(page.eval_on_selector(selector, "c => c.toDataURL('image/png')"))
+
+
+def jet(levels: np.ndarray) -> np.ndarray:
+    """The page's colour map (overlay.js), written out again: (H, W) uint8 levels -> (H, W, 3) uint8."""
+    x = levels.astype(np.float64)[..., None] / 255.0
+    tents = 255.0 * (1.5 - np.abs(4.0 * x - np.array([3.0, 2.0, 1.0])))
+    return np.rint(np.clip(tents, 0, 255)).astype(np.uint8)  # Uint8ClampedArray rounds half to even, as rint
+
+
+def record_localize_requests(page: Page) -> list[dict[str, str]]:
+    """The query parameters of every image the page sends to a localize route from now on, in order."""
+    sent: list[dict[str, str]] = []
+
+    def record(request) -> None:  # noqa: ANN001 - playwright's Request
+        url = urlsplit(request.url)
+        if request.method == "POST" and url.path.endswith("/localize"):
+            sent.append(dict(parse_qsl(url.query)))
+
+    page.on("request", record)
+    return sent
+
+
+def wait_for_status(page: Page, start: str) -> None:
+    """Until the live region's message starts with `start` (it is written once the canvases are drawn)."""
+    page.wait_for_function("(t) => document.getElementById('status').textContent.startsWith(t)", arg=start)
 
 
 def canvas_pixel(page: Page, x: int, y: int) -> list[int]:
@@ -55,8 +99,9 @@ def test_uploaded_photo_is_drawn_as_the_api_answers(
     query, answer = localize_with(page, lambda: page.set_input_files("#file", photo))
 
     card = httpx.get(f"{server.url}/v1/models").json()["models"][0]
-    threshold = str(card["box_threshold"]["scg"])
-    assert query == {"topk": "3", "method": "scg", "threshold": threshold, "box_mode": "union"}
+    method = card["default_method"]  # the page starts with the model's default method and its threshold
+    threshold = str(card["box_threshold"][method])
+    assert query == {"topk": "3", "method": method, "threshold": threshold, "box_mode": "union"}
     assert len(answer["predictions"]) == 3
     assert drawn_boxes(page) == boxes_of(answer)
     assert_same_boxes(drawn_boxes(page), boxes_of(api_answer(server, photo, query)))
@@ -70,14 +115,10 @@ def test_uploaded_photo_is_drawn_as_the_api_answers(
         text = item.inner_text()
         assert prediction["label"] in text
         assert all(str(box).replace(" ", "") in text.replace(" ", "") for box in prediction["boxes"])
-    assert page.locator("#timings dt", has_text="backbone").count() == 1
+    assert page.locator("#timings th[scope=row]", has_text="backbone").count() == 1
     assert photo.name in page.inner_text("#status")  # the live region announces the result
 
-    page.evaluate("document.activeElement.blur()")  # no focus ring in the picture
-    screenshot = tmp_path / f"{photo.stem}.png"
-    page.screenshot(path=screenshot, full_page=True)
-    if photo.name == "chelsea.jpg" and os.environ.get("SPA_UPDATE_SCREENSHOT"):
-        shutil.copy(screenshot, REPO / "docs" / "screenshot.png")
+    page.screenshot(path=tmp_path / f"{photo.stem}.png", full_page=True)
 
 
 def test_options_rerun_and_redraw(new_page: Callable[..., Page], server: Server) -> None:
@@ -113,6 +154,89 @@ def test_options_rerun_and_redraw(new_page: Callable[..., Page], server: Server)
     assert second.get_attribute("aria-pressed") == "true"
     assert answer["predictions"][1]["label"] in page.get_attribute("#canvas", "aria-label")
     assert not [url for url in requests if "/v1/" in url]
+
+
+def test_cam_and_scg_side_by_side_from_one_upload(new_page: Callable[..., Page], server: Server) -> None:
+    """Both methods' answers for one upload, each drawn from its own answer; flipping the method or the
+    comparison afterwards sends nothing: one request per method in all."""
+    photo = PHOTOS[0]
+    card = httpx.get(f"{server.url}/v1/models").json()["models"][0]
+    first = card["default_method"]
+    second = {"scg": "cam", "cam": "scg"}[first]
+    page = open_demo(new_page, server)
+    sent = record_localize_requests(page)
+    set_range(page, "#opacity", 1)  # the heatmap covers the photo: the canvas is its colours and the boxes
+    _, answers = localize_with(page, lambda: page.set_input_files("#file", photo))
+    assert page.is_hidden("#compare-figure")
+
+    query, second_answer = localize_with(page, lambda: page.check("#compare"), method=second)
+    answers = {first: answers, second: second_answer}
+    assert query["threshold"] == str(card["box_threshold"][second])  # each method with its own default
+    assert [q["method"] for q in sent] == [first, second]
+
+    # Side by side, the chosen method first; each figure says its method and draws its own answer.
+    canvases = {first: "#canvas", second: "#compare-canvas"}
+    for method, selector in canvases.items():
+        assert page.get_attribute(selector, "data-method") == method
+        assert method.upper() in page.get_attribute(selector, "aria-label")
+        assert drawn_boxes(page, selector) == boxes_of(answers[method])
+    assert page.inner_text("#main-caption").startswith(first.upper())
+    assert page.inner_text("#compare-caption").startswith(second.upper())
+    left, right = (page.locator(s).bounding_box() for s in canvases.values())
+    assert left["x"] + left["width"] <= right["x"] and abs(left["y"] - right["y"]) < 1
+
+    # Two different results: the maps differ, and each canvas shows its own map, not the other's.
+    levels = {m: png_data_uri(a["predictions"][0]["heatmap"]) for m, a in answers.items()}
+    assert (levels[first] != levels[second]).mean() > 0.5
+    for method, selector in canvases.items():
+        shown = canvas_rgb(page, selector)
+        own = (shown == jet(levels[method])).all(axis=-1).mean()
+        other = (shown == jet(levels[second if method == first else first])).all(axis=-1).mean()
+        assert own > 0.9 > 0.5 > other, (method, own, other)
+
+    # Flip: the other method first, then it alone, then back; the kept answers are drawn, nothing is sent.
+    page.select_option("#method", second)
+    wait_for_status(page, f"{photo.name}, {second.upper()} beside {first.upper()}:")
+    assert drawn_boxes(page, "#canvas") == boxes_of(answers[second])
+    assert drawn_boxes(page, "#compare-canvas") == boxes_of(answers[first])
+    assert float(page.input_value("#threshold")) == pytest.approx(card["box_threshold"][second], abs=0.005)
+    assert page.inner_text("label[for=threshold]").startswith(f"Box threshold for {second.upper()}")
+    page.uncheck("#compare")
+    wait_for_status(page, f"{photo.name}, {second.upper()}:")
+    assert page.is_hidden("#compare-figure")
+    page.select_option("#method", first)
+    wait_for_status(page, f"{photo.name}, {first.upper()}:")
+    assert drawn_boxes(page) == boxes_of(answers[first])
+    assert [q["method"] for q in sent] == [first, second]
+
+
+@pytest.fixture(scope="module")
+def photo_server(playwright_api: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The bundled real-photo model, with its samples."""
+    with spa_serve(BUNDLED_PHOTO_MODEL_DIR, tmp_path_factory.mktemp("spa-serve-photo") / "server.log") as server:
+        yield server
+
+
+def test_real_photo_model_side_by_side(new_page: Callable[..., Page], photo_server: Server, tmp_path: Path) -> None:
+    """The real-photo model on one of its samples, top 3, both methods: each canvas as the API answers."""
+    page = open_demo(new_page, photo_server)
+    page.fill("#topk", "3")
+    page.check("#compare")  # no image yet: nothing is sent
+    samples = page.locator("#samples button", has_text=SCREENSHOT_SAMPLE)
+    sent = record_localize_requests(page)
+    localize_with(page, samples.click)
+    wait_for_status(page, f"{SCREENSHOT_SAMPLE}, ")
+    assert sorted(q["method"] for q in sent) == ["cam", "scg"]
+    photo = BUNDLED_PHOTO_MODEL_DIR / "samples" / SCREENSHOT_SAMPLE
+    for query, selector in zip(sent, ("#canvas", "#compare-canvas"), strict=True):
+        assert page.get_attribute(selector, "data-method") == query["method"]
+        assert_same_boxes(drawn_boxes(page, selector), boxes_of(api_answer(photo_server, photo, query)))
+
+    page.evaluate("document.activeElement.blur()")  # no focus ring in the picture
+    screenshot = tmp_path / "screenshot.png"
+    page.screenshot(path=screenshot, full_page=True)
+    if os.environ.get("SPA_UPDATE_SCREENSHOT"):
+        shutil.copy(screenshot, REPO / "docs" / "screenshot.png")
 
 
 def test_exif_rotated_photo_is_drawn_upright(new_page: Callable[..., Page], server: Server, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 from browser_helpers import (
     PHOTOS,
@@ -81,6 +82,23 @@ def test_keyboard_only(new_page: Callable[..., Page], server: Server) -> None:
     assert answer["predictions"][1]["label"] in page.get_attribute("#canvas", "aria-label")
 
 
+def test_keyboard_compare(new_page: Callable[..., Page], server: Server) -> None:
+    page = open_demo(new_page, server)
+    localize_with(page, lambda: page.set_input_files("#file", PHOTOS[0]))
+    other = {"scg": "cam", "cam": "scg"}[page.input_value("#method")]
+    # The checkbox is named by its label; Space ticks it and the other method's answer is asked for.
+    assert page.get_by_label("Show CAM and SCG side by side").get_attribute("id") == "compare"
+
+    def compare() -> None:
+        tab_to(page, "compare")
+        page.keyboard.press("Space")
+
+    localize_with(page, compare, method=other)
+    assert page.is_checked("#compare") and page.is_visible("#compare-figure")
+    assert other.upper() in page.get_attribute("#compare-canvas", "aria-label")
+    assert " beside " in page.inner_text("#status")  # the live region says both are shown
+
+
 def test_keyboard_sample(new_page: Callable[..., Page], server: Server) -> None:
     page = open_demo(new_page, server)
     tab_to(page, "file", most=1)
@@ -104,6 +122,14 @@ def test_phone_viewport_has_no_horizontal_scroll(new_page: Callable[..., Page], 
     # A new image on a phone scrolls its result into view.
     assert page.evaluate("document.getElementById('result').getBoundingClientRect().top") < 844
     page.screenshot(path=tmp_path / "phone.png", full_page=True)
+
+    # Compared, the two pictures stack instead of squeezing side by side.
+    default = httpx.get(f"{server.url}/v1/models").json()["models"][0]["default_method"]
+    localize_with(page, lambda: page.check("#compare"), method={"scg": "cam", "cam": "scg"}[default])
+    widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert widths[0] <= widths[1] == 390
+    upper, lower = (page.locator(s).bounding_box() for s in ("#canvas", "#compare-canvas"))
+    assert upper["y"] + upper["height"] <= lower["y"] and lower["x"] + lower["width"] <= 390
 
 
 @pytest.fixture(scope="module")
