@@ -3,6 +3,7 @@ that never use them do not pay for it."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,8 +38,18 @@ def vgg16_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A freshly initialised tiny SPA network (torch seed 0, 10 classes `class_0`..), 112 x 112 input."""
-    return _export_random_model(tmp_path_factory.mktemp("tiny_model"), "tiny", 10, None)
+    """A copy of the bundled demo model (the tiny SPA network trained on the synthetic benchmark, 8 classes,
+    112 x 112 input): what the runtime tests serve, so that they need no torch."""
+    from spa_service.settings import BUNDLED_MODEL_DIR
+
+    return Path(shutil.copytree(BUNDLED_MODEL_DIR, tmp_path_factory.mktemp("tiny_model") / "demo"))
+
+
+@pytest.fixture(scope="session")
+def random_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly initialised tiny SPA network (torch seed 0, 10 classes `class_0`..) exported with spa-export's
+    API, 112 x 112 input."""
+    return _export_random_model(tmp_path_factory.mktemp("random_tiny_model"), "tiny", 10, None)
 
 
 @pytest.fixture(scope="session")

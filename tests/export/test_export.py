@@ -70,13 +70,13 @@ def test_vgg16_onnx_matches_the_seeded_model(vgg16_model_dir):
     _assert_parity(build_model("vgg16", 200), vgg16_model_dir, batch=2)
 
 
-def test_tiny_card_and_parity(tiny_model_dir):
-    card, _ = load_card(tiny_model_dir)
+def test_tiny_card_and_parity(random_tiny_model_dir):
+    card, _ = load_card(random_tiny_model_dir)
     assert card.arch == "tiny" and card.input_size == (112, 112) and card.map_size == (14, 14)
     assert card.labels == [f"class_{i}" for i in range(10)]
     assert max(card.parity.values()) < 1e-4
     torch.manual_seed(0)
-    _assert_parity(build_model("tiny", 10), tiny_model_dir, batch=5)
+    _assert_parity(build_model("tiny", 10), random_tiny_model_dir, batch=5)
 
 
 def test_inceptionv3_export(tmp_path):

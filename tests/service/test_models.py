@@ -11,28 +11,28 @@ from service_helpers import make_image, reference, serving
 
 from spa_service.app import create_app
 from spa_service.localize import Localizer, LocalizeOptions
-from spa_service.settings import BUNDLED_MODEL_DIR, Settings
+from spa_service.settings import BUNDLED_MODEL_DIR, BUNDLED_PHOTO_MODEL_DIR, Settings
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def two_models(tiny_model_dir: Path, tmp_path: Path) -> list[Path]:
-    """The tiny random model (10 classes) first, then the bundled demo model (8 classes) with samples."""
+def two_models(tmp_path: Path) -> list[Path]:
+    """The bundled real-photo model (1000 classes) first, then the bundled demo model (8 classes)."""
     demo = tmp_path / "demo"
     shutil.copytree(BUNDLED_MODEL_DIR, demo)
-    return [tiny_model_dir, demo]
+    return [BUNDLED_PHOTO_MODEL_DIR, demo]
 
 
 async def test_each_model_answers_under_its_name_and_the_first_is_the_default(two_models: list[Path]) -> None:
     settings = Settings(model_dirs=two_models, providers="cpu")
     localizers = [Localizer.from_settings(settings, d) for d in two_models]
-    tiny, demo = (loc.card.name for loc in localizers)
+    photo, demo = (loc.card.name for loc in localizers)
     data = make_image(11, (90, 70), "PNG")
     async with serving(create_app(settings)) as client:
         listing = (await client.get("/v1/models")).json()
-        assert listing["default"] == tiny
-        assert [(m["name"], m["num_classes"]) for m in listing["models"]] == [(tiny, 10), (demo, 8)]
+        assert listing["default"] == photo
+        assert [(m["name"], m["num_classes"]) for m in listing["models"]] == [(photo, 1000), (demo, 8)]
         for localizer in localizers:
             name = localizer.card.name
             want = reference(localizer, data, LocalizeOptions(topk=3))
@@ -41,17 +41,17 @@ async def test_each_model_answers_under_its_name_and_the_first_is_the_default(tw
             assert [p["class_id"] for p in got["predictions"]] == [p.class_id for p in want.predictions]
             assert [p["label"] for p in got["predictions"]] == [p.label for p in want.predictions]
         default = (await client.post("/v1/localize", files={"image": ("a.png", data)})).json()
-        assert default["model"] == tiny
+        assert default["model"] == photo
         batch = await client.post(f"/v1/models/{demo}/localize/batch", files=[("images", ("a.png", data))] * 2)
         assert [r["model"] for r in batch.json()["results"]] == [demo, demo]
-        # topk is bounded by the model asked: 10 classes for tiny, 8 for the demo.
+        # topk is bounded by the model asked: 1000 classes for the photo model, 8 for the demo.
         assert (await client.post(f"/v1/models/{demo}/localize", params={"topk": 9}, files={"image": ("a.png", data)})).status_code == 422
         assert (await client.post("/v1/localize", params={"topk": 9}, files={"image": ("a.png", data)})).status_code == 200
 
-        # Each model's own samples; the tiny model has none.
-        assert (await client.get(f"/v1/models/{tiny}/samples")).json() == {"samples": []}
-        samples = (await client.get(f"/v1/models/{demo}/samples")).json()["samples"]
-        assert {s["name"] for s in samples} == {p.name for p in (two_models[1] / "samples").iterdir()}
+        # Each model's own samples (its folder's images: not the licence notes).
+        for name, folder in zip((photo, demo), two_models, strict=True):
+            samples = (await client.get(f"/v1/models/{name}/samples")).json()["samples"]
+            assert {s["name"] for s in samples} == {p.name for p in (folder / "samples").iterdir() if p.suffix != ".md"}
         image = await client.get("/" + samples[0]["url"])
         assert image.status_code == 200 and image.content == (two_models[1] / "samples" / samples[0]["name"]).read_bytes()
         assert (await client.get(f"/samples/{demo}/..%2Fmodel.json")).status_code == 404
@@ -61,10 +61,10 @@ async def test_each_model_answers_under_its_name_and_the_first_is_the_default(tw
             for family in text_string_to_metric_families((await client.get("/metrics")).text)
             for s in family.samples
         }
-    # tiny: its named route, then /v1/localize twice; the demo: its named route and a batch of two.
-    assert metrics[("spa_images_processed_total", (("model", tiny),))] == 3
+    # the photo model: its named route, then /v1/localize twice; the demo: its named route and a batch of two.
+    assert metrics[("spa_images_processed_total", (("model", photo),))] == 3
     assert metrics[("spa_images_processed_total", (("model", demo),))] == 3
-    assert metrics[("spa_ready", (("model", tiny),))] == 1.0 and metrics[("spa_ready", (("model", demo),))] == 1.0
+    assert metrics[("spa_ready", (("model", photo),))] == 1.0 and metrics[("spa_ready", (("model", demo),))] == 1.0
 
 
 async def test_an_unknown_model_is_a_404_naming_the_ones_there_are(settings_for) -> None:

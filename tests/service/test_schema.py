@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import schemathesis
 from helpers.serve import spa_serve
 from hypothesis import HealthCheck, given, settings
