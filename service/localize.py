@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +143,6 @@ class Localizer:
     engine: Engine
     max_batch_size: int = 8
     scg_mode: ScgMode = "reference"
-    _warm: bool = field(default=False, init=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, model_dir: Path | None = None) -> Localizer:
@@ -252,8 +251,3 @@ class Localizer:
         image = DecodedImage(image=Image.fromarray(gradient, mode="RGB"), format="synthetic")
         for size in warmup_batch_sizes(self.max_batch_size, self.engine.on_gpu):
             self.localize([image] * size, [LocalizeOptions(topk=1, method="scg")] * size)
-        self._warm = True
-
-    @property
-    def warm(self) -> bool:
-        return self._warm

@@ -186,10 +186,3 @@ def test_class_scores_are_softmax_of_the_spatial_mean() -> None:
     logits = class_map.mean(axis=(2, 3))
     want = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(class_scores(class_map), want, rtol=1e-5)
-
-
-def test_warmup_marks_ready(tiny_model_dir: Path) -> None:
-    localizer = Localizer.from_settings(Settings(model_dir=tiny_model_dir, providers="cpu"))
-    assert not localizer.warm
-    localizer.warmup()
-    assert localizer.warm
