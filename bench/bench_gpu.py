@@ -302,7 +302,7 @@ def agreement_row(model_dir: Path, label: str, images: list[bytes], tf32: bool) 
             same_boxes += g.boxes == c.boxes
             if g.boxes and c.boxes and len(g.boxes) == len(c.boxes):
                 edge = max(edge, int(np.abs(np.asarray(g.boxes) - np.asarray(c.boxes)).max()))
-            diff = np.abs(g.heatmap.astype(np.float64) - c.heatmap)
+            diff = np.abs(g.heatmap_at_image_size().astype(np.float64) - c.heatmap_at_image_size())
             diff_max, diff_sum, pixels = max(diff_max, float(diff.max())), diff_sum + float(diff.sum()), pixels + diff.size
     n = len(images)
     return [label, "on" if tf32 else "off", str(n), f"{100 * top1 / n:.1f}%", f"{100 * top5 / n:.1f}%", f"{100 * same_boxes / n:.1f}%",

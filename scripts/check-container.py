@@ -86,7 +86,7 @@ def check_answers(client: httpx.Client, model_dir: Path) -> None:
                     fail(f"{path.name} {params}: boxes {g['boxes']} != {w.boxes}")
                 png = base64.b64decode(g["heatmap"].split(",", 1)[1])
                 pixels = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
-                diff = np.abs(pixels.astype(int) - heatmap_to_uint8(w.heatmap).astype(int))
+                diff = np.abs(pixels.astype(int) - heatmap_to_uint8(w.heatmap_at_image_size()).astype(int))
                 if diff.max() > 1:
                     fail(f"{path.name} {params}: heatmap differs by up to {diff.max()} levels")
     say(f"answers equal the host's for {len(samples)} images x {len(cases)} option sets")

@@ -49,9 +49,9 @@ class Prediction:
     size: tuple[int, int]  # (H, W) of the original image, the heatmap's size
     boxes: list[Box]  # inclusive original-image pixels
 
-    @property
-    def heatmap(self) -> np.ndarray:
-        """(H, W) float32 in [0, 1]: the map resized to the original image, computed on each access."""
+    def heatmap_at_image_size(self) -> np.ndarray:
+        """(H, W) float32 in [0, 1]: the map resized to the original image (a full-size resize per call; the
+        service itself renders PNGs band by band from `map`)."""
         return to_numpy(resize_maps(self.map, self.size))
 
 

@@ -101,7 +101,7 @@ def test_vgg16_matches_pytorch_and_loop_reference(vgg16: Localizer, torch_vgg16,
         assert (result.width, result.height) == (image.width, image.height)
         assert [p.class_id for p in result.predictions] == classes.tolist()
         np.testing.assert_allclose([p.score for p in result.predictions], score_row[classes], rtol=1e-4)
-        got = np.stack([p.heatmap for p in result.predictions])
+        got = np.stack([p.heatmap_at_image_size() for p in result.predictions])
         assert got.shape == want.shape and got.dtype == np.float32
         np.testing.assert_allclose(got, want, atol=2e-3)
         # Boxes are compared on the reference's own maps: identical unless a pixel sits within the
@@ -119,7 +119,7 @@ def test_cam_method_is_the_normalised_class_map_resized(vgg16: Localizer, torch_
         cam = np.maximum(class_map[0, prediction.class_id], 0)
         cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-10)
         want = cv2.resize(cam, (image.width, image.height), interpolation=cv2.INTER_LINEAR)
-        np.testing.assert_allclose(prediction.heatmap, want, atol=2e-3)
+        np.testing.assert_allclose(prediction.heatmap_at_image_size(), want, atol=2e-3)
         assert prediction.boxes == [loop_union_box(want, 0.3)]
 
 
@@ -136,7 +136,7 @@ def test_a_batch_equals_single_images(vgg16: Localizer) -> None:
         (single,) = vgg16.localize([image], [opts])
         assert [p.class_id for p in single.predictions] == [p.class_id for p in batched.predictions]
         for a, b in zip(single.predictions, batched.predictions):
-            np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-4)
+            np.testing.assert_allclose(a.heatmap_at_image_size(), b.heatmap_at_image_size(), atol=1e-4)
             assert a.boxes == b.boxes
     assert [p.class_id for p in together[2].predictions] == [7, 3]
     assert all(len(p.boxes) == 1 for p in together[2].predictions)

@@ -75,7 +75,7 @@ def _batch_maps(
     heatmaps: dict[Method, list[tuple[np.ndarray, np.ndarray]]] = {}
     for m in methods:
         results = localizer.postprocess(run, [LocalizeOptions(class_ids=(label,), method=m) for label in labels])
-        heatmaps[m] = [(r.predictions[0].heatmap, to_numpy(r.predictions[0].map)) for r in results]
+        heatmaps[m] = [(r.predictions[0].heatmap_at_image_size(), to_numpy(r.predictions[0].map)) for r in results]
     return rankings, heatmaps
 
 

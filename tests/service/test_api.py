@@ -33,7 +33,7 @@ def assert_matches(body: dict, localizer: Localizer, data: bytes, options: Local
             heatmap = png_from_data_uri(got["heatmap"])
             assert heatmap.mode == "L"
             assert heatmap.size == (expected.width, expected.height) == tuple(got["heatmap_size"])
-            np.testing.assert_array_equal(np.asarray(heatmap), heatmap_to_uint8(want.heatmap))
+            np.testing.assert_array_equal(np.asarray(heatmap), heatmap_to_uint8(want.heatmap_at_image_size()))
 
 
 async def test_multipart_png(client: httpx.AsyncClient, localizer: Localizer) -> None:
