@@ -3,15 +3,20 @@ so an overloaded server refuses in milliseconds and one huge request cannot sink
 
 A request's work is counted in megapixel-maps: each image costs its pixels once (decode,
 preprocess) plus, per class asked for, one full-size pass for its boxes and, with heatmap PNGs,
-one pass at the PNG's size. Its working memory follows the same terms.
+one pass at the PNG's size. Memory is bounded image by image: each image's decode, the one step
+whose memory follows its bytes per pixel (decoded mode, format, EXIF turn) and its long side, is
+estimated from the header (`imaging.decode_memory`) and refused over a limit, while the process
+decodes a fixed number of images at once (SPA_DECODE_THREADS). The rest of a request's memory does
+not grow with its image: boxes and PNGs are made tile by tile from maps at the class map's
+resolution, and only the model-sized image waits for the backbone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import Overloaded, RequestTooCostly
-from .imaging import heatmap_png_size
+from .errors import ImageTooLargeError, Overloaded, RequestTooCostly
+from .imaging import ImageHeader, heatmap_png_size
 
 
 def image_work_mp(size: tuple[int, int], classes: int, *, png_max_side: int | None) -> float:
@@ -23,6 +28,16 @@ def image_work_mp(size: tuple[int, int], classes: int, *, png_max_side: int | No
         png_h, png_w = heatmap_png_size(size, png_max_side)
         per_class += png_h * png_w
     return (pixels + classes * per_class) / 1e6
+
+
+def check_image_memory(header: ImageHeader, needed_bytes: int, limit_mb: float) -> None:
+    """ImageTooLargeError (413) when decoding the image needs more than `limit_mb` megabytes."""
+    if needed_bytes > limit_mb * 1e6:
+        raise ImageTooLargeError(
+            f"decoding this {header.width} x {header.height} {header.format} image (mode {header.mode}) would take "
+            f"about {needed_bytes / 1e6:,.0f} MB, over the limit of {limit_mb:,.0f} MB (SPA_MAX_IMAGE_MEMORY_MB); "
+            "it was refused before decoding: send it smaller (progressive JPEG and WebP cost the most per pixel)"
+        )
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """`create_app()`: the ASGI app, wiring settings, the localizer, the service and metrics to routes.
 
 Requests go through, outermost first: ObserveRequests (metrics, access log, last-resort 500)
--> CORS -> RequireApiKey -> BodyLimit -> FastAPI's error handlers -> route (routes.py) ->
-Service (serving.py).
+-> CORS -> RequireApiKey -> BodyLimit -> CancelOnDisconnect -> FastAPI's error handlers -> route
+(routes.py) -> Service (serving.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .docs import add_offline_docs
 from .http_errors import install_error_handlers
 from .localize import Localizer
 from .metrics import Metrics, ObserveRequests
-from .middleware import API_KEY_HEADER, BodyLimit, RequireApiKey
+from .middleware import API_KEY_HEADER, BodyLimit, CancelOnDisconnect, RequireApiKey
 from .openapi import stated_limits
 from .registry import ModelRegistry
 from .routes import STATIC_DIR, add_routes
@@ -45,6 +45,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spa-infer")
+        # One CPU pool for every model: SPA_DECODE_THREADS decodes at once in the process, not per model.
+        # Never shut down: requests still in flight when the lifespan ends render with it; its idle
+        # threads end once it is garbage.
+        cpu = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="spa-cpu")
         pairs: list[tuple[Localizer, Path | None]]
         if given:
             # Their directories (for samples/) are the settings' when they line up, else unknown.
@@ -57,7 +61,7 @@ def create_app(
         try:
             for loaded, model_dir in pairs:
                 samples = model_dir / "samples" if model_dir is not None and (model_dir / "samples").is_dir() else None
-                service = Service(settings, metrics, admission, loaded, worker=worker, samples_dir=samples)
+                service = Service(settings, metrics, admission, loaded, worker=worker, cpu=cpu, samples_dir=samples)
                 registry.add(service)
                 await service.start()
             yield
@@ -84,6 +88,7 @@ def create_app(
     install_error_handlers(app, retry_after_s=settings.retry_after_s)
 
     # add_middleware puts each new one outside the previous ones.
+    app.add_middleware(CancelOnDisconnect)
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.max_body_bytes,

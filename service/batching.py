@@ -4,7 +4,10 @@ Requests enqueue (image, options) jobs on the event loop; one collector task tak
 `max_batch_size` jobs, waiting at most `max_delay_s` after the oldest one arrived for more
 (Triton's `max_queue_delay`), and runs the batch in a single worker thread: onnxruntime
 already uses every core, so two batches at once would only fight over them. The queue is
-bounded so that overload is answered at once (`Overloaded`) instead of piling up.
+bounded so that overload is answered at once (`Overloaded`) instead of piling up. Jobs whose
+request was cancelled (its client hung up) are skipped, and make room in the queue. Should the
+collector itself ever fail, every job waiting on it fails with `ModelUnavailable` and the owner
+is told (readiness goes off), rather than requests waiting forever.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .errors import Overloaded, ShuttingDown
+from .errors import ModelUnavailable, Overloaded, ShuttingDown
 from .imaging import DecodedImage
 from .localize import Localization, LocalizeOptions
 
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 LocalizeFn = Callable[[Sequence[DecodedImage], Sequence[LocalizeOptions]], list[Localization]]
 BatchObserver = Callable[[int, float], None]
+FailureObserver = Callable[[ModelUnavailable], None]
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,8 @@ class _Job:
 class MicroBatcher:
     """Gathers jobs into batches and runs them, one batch at a time, in one worker thread.
 
-    `on_batch(size, seconds)` is called on the event loop after every backbone call.
+    `on_batch(size, seconds)` is called on the event loop after every backbone call;
+    `on_failure(error)` once, if the collector stops on an unexpected error.
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class MicroBatcher:
         max_delay_s: float,
         max_queue_size: int,
         on_batch: BatchObserver | None = None,
+        on_failure: FailureObserver | None = None,
         worker: ThreadPoolExecutor | None = None,
     ) -> None:
         self._localize = localize
@@ -64,13 +70,16 @@ class MicroBatcher:
         self._max_delay_s = max_delay_s
         self._max_queue_size = max_queue_size
         self._on_batch = on_batch
+        self._on_failure = on_failure
         self._pending: deque[_Job] = deque()
+        self._running: list[_Job] = []  # the batch being run
         self._arrived = asyncio.Event()
         # Several batchers (one per model) may share one worker: one backbone call at a time in the process.
         self._owns_worker = worker is None
         self._worker = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="spa-infer")
         self._collector: asyncio.Task[None] | None = None
         self._accepting = False
+        self.failure: ModelUnavailable | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -79,16 +88,21 @@ class MicroBatcher:
 
     def start(self) -> None:
         self._accepting = True
-        self._collector = asyncio.create_task(self._collect(), name="spa-batcher")
+        self._collector = asyncio.create_task(self._collect_until_failure(), name="spa-batcher")
 
     async def run_exclusive(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the inference thread, between batches (warm-up uses it)."""
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
 
     def submit(self, items: Sequence[tuple[DecodedImage, LocalizeOptions]]) -> list[asyncio.Future[Batched]]:
-        """Enqueue all items or none; raises Overloaded or ShuttingDown."""
+        """Enqueue all items or none; raises Overloaded, ShuttingDown or ModelUnavailable."""
+        if self.failure is not None:
+            raise self.failure
         if not self._accepting:
             raise ShuttingDown("the server is shutting down; retry on another instance")
+        if len(self._pending) + len(items) > self._max_queue_size:
+            # Jobs of requests that were cancelled still sit in the queue: they give way first.
+            self._pending = deque(job for job in self._pending if not job.future.done())
         if len(self._pending) + len(items) > self._max_queue_size:
             raise Overloaded(
                 f"{len(self._pending)} images are already waiting (queue limit {self._max_queue_size}); retry shortly"
@@ -108,6 +122,28 @@ class MicroBatcher:
         if self._owns_worker:
             await asyncio.get_running_loop().run_in_executor(None, self._worker.shutdown)
 
+    async def _collect_until_failure(self) -> None:
+        try:
+            await self._collect()
+        except Exception as exc:
+            log.exception("the micro-batcher stopped; its queued requests fail and readiness goes off")
+            self._fail(exc)
+        except BaseException as exc:  # cancelled: nothing is left to run the queued jobs either
+            self._fail(exc)
+            raise
+
+    def _fail(self, exc: BaseException) -> None:
+        self._accepting = False
+        self.failure = ModelUnavailable(
+            f"this model stopped serving after an internal failure ({type(exc).__name__}: {exc}); "
+            "retry on another instance"
+        )
+        for job in [*self._running, *self._pending]:
+            _deliver_error(job, self.failure)
+        self._pending.clear()
+        if self._on_failure is not None:
+            self._on_failure(self.failure)
+
     async def _collect(self) -> None:
         while self._pending or self._accepting:
             if not self._pending:
@@ -115,9 +151,10 @@ class MicroBatcher:
                 await self._arrived.wait()
                 continue
             await self._fill_window()
-            batch = self._take_batch()
-            if batch:
-                await self._execute(batch)
+            self._running = self._take_batch()
+            if self._running:
+                await self._execute(self._running)
+            self._running = []
 
     async def _fill_window(self) -> None:
         """Wait for more jobs until the batch is full or the oldest job has waited max_delay_s."""

@@ -2,7 +2,7 @@
 
 A box is (x0, y0, x1, y1), inclusive on both ends, in the pixel grid of the heatmap it came
 from. A pixel is in when its value is >= the threshold. `boxes_of_maps` takes maps at the class
-map's resolution and finds the boxes of their full-size resize band by band, so that a large
+map's resolution and finds the boxes of their full-size resize tile by tile, so that a large
 image never has its full-size float heatmaps in memory; `boxes_from_heatmaps` takes full-size
 heatmaps that already exist.
 """
@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .arrays import Array, array_namespace, to_numpy
-from .resize import BAND_ROWS, resize_bands
+from .resize import resize_tiles, tile_shape
 
 BoxMode = Literal["union", "largest", "all"]
 Box = tuple[int, int, int, int]
@@ -98,7 +98,7 @@ def boxes_of_maps(maps: Array, size: tuple[int, int], threshold: float, mode: Bo
     """(K, h, w) maps -> boxes per map of their resize to `size` = (H, W), as `boxes_from_heatmaps`
     gives on `resize.resize_maps(maps, size)`, without that (K, H, W) array.
 
-    union: bands of rows for a few classes at a time, at most BAND_ELEMENTS floats, reduced to
+    union: tiles for a few classes at a time, at most BAND_ELEMENTS floats, reduced to
     row and column projections. largest / all: one class at a time, its full-size mask as uint8.
     """
     if mode not in ("union", "largest", "all"):
@@ -107,23 +107,25 @@ def boxes_of_maps(maps: Array, size: tuple[int, int], threshold: float, mode: Bo
     k = maps.shape[0]
     height, width = size
     if mode == "union":
-        per_chunk = max(1, BAND_ELEMENTS // (BAND_ROWS * width))
+        tile_rows, tile_cols = tile_shape(size)
+        # Tiles and row / column projections both stay within BAND_ELEMENTS, however long a side is.
+        per_chunk = max(1, BAND_ELEMENTS // max(tile_rows * tile_cols, height + width))
         boxes = []
         for first in range(0, k, per_chunk):
             chunk = maps[first : first + per_chunk]
             rows = xp.zeros((chunk.shape[0], height), dtype=bool)
             cols = xp.zeros((chunk.shape[0], width), dtype=bool)
-            for start, band in resize_bands(chunk, size):
-                passing = band >= threshold
-                rows[:, start : start + band.shape[-2]] = passing.any(axis=2)
-                cols |= passing.any(axis=1)
+            for tile_rows_at, tile_cols_at, tile in resize_tiles(chunk, size):
+                passing = tile >= threshold
+                rows[:, tile_rows_at] |= passing.any(axis=2)
+                cols[:, tile_cols_at] |= passing.any(axis=1)
             boxes.extend(to_numpy(_projection_boxes(rows, cols)).tolist())
         return [[tuple(box)] for box in boxes]
     result = []
     for one in maps:
         mask = np.empty((height, width), dtype=np.uint8)
-        for start, band in resize_bands(one, size):
-            mask[start : start + band.shape[-2]] = to_numpy(band >= threshold)
+        for tile_rows_at, tile_cols_at, tile in resize_tiles(one, size):
+            mask[tile_rows_at, tile_cols_at] = to_numpy(tile >= threshold)
         found = _mask_component_boxes(mask, mode)
         result.append(found if found or mode == "all" else [EMPTY_BOX])
     return result

@@ -16,7 +16,8 @@ class ModelLoadError(SpaError):
 
 
 class ImageError(SpaError):
-    """Bytes that cannot be turned into an RGB image."""
+    """What stopped one image of a request: bytes that cannot be turned into an RGB image, or a
+    failure on it. Each image of a batch gets its own."""
 
     code = "invalid_image"
 
@@ -39,6 +40,13 @@ class TruncatedImageError(ImageError):
 
 class ImageTooLargeError(ImageError):
     code = "image_too_large"
+
+
+class ProcessingFailed(ImageError):
+    """The server failed on this image (its own fault, logged, not the image's); the other images
+    of a batch are answered as usual."""
+
+    code = "processing_failed"
 
 
 class InvalidRequestError(SpaError):
@@ -71,6 +79,12 @@ class ShuttingDown(SpaError):
     """The server is draining and takes no new work."""
 
     code = "shutting_down"
+
+
+class ModelUnavailable(SpaError):
+    """The model's micro-batcher stopped on an internal failure: its requests fail, readiness is off."""
+
+    code = "model_unavailable"
 
 
 class RequestTooCostly(SpaError):

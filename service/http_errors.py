@@ -15,8 +15,10 @@ from .errors import (
     ImageTooLargeError,
     InvalidRequestError,
     MissingImageError,
+    ModelUnavailable,
     NotAnImageError,
     Overloaded,
+    ProcessingFailed,
     RequestTooCostly,
     ShuttingDown,
     SpaError,
@@ -36,11 +38,13 @@ STATUS_BY_ERROR: dict[type[SpaError], int] = {
     NotAnImageError: 415,
     UnsupportedFormatError: 415,
     ImageTooLargeError: 413,
+    ProcessingFailed: 500,
     InvalidRequestError: 422,
     RequestTooCostly: 413,
     UnknownModelError: 404,
     Overloaded: 503,
     ShuttingDown: 503,
+    ModelUnavailable: 503,
 }
 
 # Codes for the HTTPExceptions that Starlette raises itself (routing, multipart parsing).

@@ -72,6 +72,11 @@ class Metrics:
             "spa_queue_depth", "Images waiting for the backbone, by model", ["model"], registry=self.registry
         )
         self.images = Counter("spa_images_processed", "Images localized, by model", ["model"], registry=self.registry)
+        self.images_dropped = Counter(
+            "spa_images_dropped",
+            "Images whose client hung up before they were answered; their remaining work was skipped, by model",
+            ["model"], registry=self.registry,
+        )
         self.ready = Gauge(
             "spa_ready", "1 when the model is loaded and warmed up, by model", ["model"], registry=self.registry
         )

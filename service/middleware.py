@@ -1,4 +1,5 @@
-"""Pure ASGI middleware that answer before the body is read, without buffering it."""
+"""Pure ASGI middleware: limits that answer before the body is read, without buffering it, and
+the hang-up that cancels a request's work."""
 
 from __future__ import annotations
 
@@ -118,6 +119,65 @@ class BodyLimit:
         except Exception:
             if not answered:  # the app's failure is ours to report only if we did not cause it
                 raise
+
+
+class CancelOnDisconnect:
+    """Cancels a request whose client hangs up before its answer is sent.
+
+    Once the app has read the whole body, the receive channel carries nothing but the
+    `http.disconnect` of a client that went away; a watcher waits for it and cancels the request
+    (its queued decodes, backbone jobs and PNGs are dropped, see serving.py). Nobody would read the
+    answer: the app ends without one, and the access log records status 499. The app's own later
+    receive calls get that same disconnect.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = asyncio.current_task()
+        gone = asyncio.Event()
+        watcher: asyncio.Task[None] | None = None
+        answered = hung_up = False
+
+        async def watch() -> None:
+            nonlocal hung_up
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            if not answered:
+                hung_up = True
+                request.cancel()
+
+        async def watched_receive() -> Message:
+            nonlocal watcher
+            if watcher is not None:
+                await gone.wait()
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                watcher = asyncio.create_task(watch(), name="spa-disconnect-watch")
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
+            await send(message)
+
+        try:
+            await self.app(scope, watched_receive, watched_send)
+        except asyncio.CancelledError:
+            if not hung_up:  # the server's own cancellation (shutdown) is not ours to swallow
+                raise
+            request.uncancel()
+        finally:
+            answered = True  # whatever happens now, the watcher must not cancel
+            if watcher is not None:
+                watcher.cancel()
 
 
 def _content_length(scope: Scope) -> int | None:

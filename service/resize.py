@@ -2,12 +2,14 @@
 
 Matrices batch over classes and images, run on numpy or cupy alike, and let SCG's step 9
 (class map up to the image size and back down) collapse into one small n x n matrix per axis.
+Nothing here grows with the image's long side beyond the output asked for: the weights are
+built for the rows and columns of one tile at a time from cv2's two taps per output, and the
+round trip is composed tap by tap, so a 39,000,000 x 1 image costs what its tiles cost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
@@ -15,10 +17,13 @@ import numpy as np
 
 from .arrays import Array, array_namespace, float_dtype
 
+TILE_ROWS = 64  # rows per tile of a full-size resize
+TILE_COLS = 1 << 14  # columns per tile: the whole width of any image up to 16,384 px wide
 
-@lru_cache(maxsize=256)
-def _cv2_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """cv2's two source taps and their float32 weights for each of the `dst` outputs.
+
+def _cv2_taps(src: int, dst: int, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """cv2's two source taps and their float32 weights for the output positions `outputs` of a
+    length-`src` signal resized to length `dst`.
 
     Matches cv2.resize (INTER_LINEAR, float input) bit for bit: the source coordinate and its
     fraction are computed in double precision, the fraction is then rounded to float32 and the
@@ -27,7 +32,7 @@ def _cv2_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     """
     if src < 1 or dst < 1:
         raise ValueError(f"sizes must be positive, got src={src}, dst={dst}")
-    coord = (np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5
+    coord = (outputs.astype(np.float64) + 0.5) * (src / dst) - 0.5
     left = np.floor(coord)
     frac = coord - left
     left = left.astype(np.int64)
@@ -37,20 +42,22 @@ def _cv2_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     w_right = frac.astype(np.float32)
     w_left = np.float32(1.0) - w_right
     right = np.minimum(left + 1, src - 1)
-    for a in (left, right, w_left, w_right):
-        a.flags.writeable = False  # cached and shared between calls
     return left, right, w_left, w_right
 
 
-def linear_resize_matrix(src: int, dst: int, *, xp: ModuleType = np, dtype: Any = np.float32) -> Array:
-    """(dst, src) matrix R with R @ x == cv2.resize of a length-`src` signal to length `dst`.
+def linear_resize_matrix(
+    src: int, dst: int, *, start: int = 0, stop: int | None = None, xp: ModuleType = np, dtype: Any = np.float32
+) -> Array:
+    """Rows `start` to `stop` (default: all `dst`) of the (dst, src) matrix R with R @ x == cv2.resize
+    of a length-`src` signal to length `dst`.
 
     Half-pixel centres, sx = (dx + 0.5) * src / dst - 0.5, clamped at the borders as OpenCV does.
     Each row holds at most two non-zero weights summing to 1 (up to float32 rounding).
     """
-    left, right, w_left, w_right = (xp.asarray(a) for a in _cv2_taps(src, dst))
-    matrix = xp.zeros((dst, src), dtype=dtype)
-    rows = xp.arange(dst)
+    stop = dst if stop is None else stop
+    left, right, w_left, w_right = (xp.asarray(a) for a in _cv2_taps(src, dst, np.arange(start, stop)))
+    matrix = xp.zeros((stop - start, src), dtype=dtype)
+    rows = xp.arange(stop - start)
     matrix[rows, left] = w_left
     matrix[rows, right] += w_right  # right == left only where w_right is 0
     return matrix
@@ -60,11 +67,18 @@ def roundtrip_matrix(n: int, via: int, *, xp: ModuleType = np, dtype: Any = np.f
     """(n, n) matrix of "resize n -> via, then via -> n" along one axis (SCG step 9).
 
     Replaces two cv2.resize calls through an image-sized intermediate; the only difference
-    is that the intermediate is not rounded to float32 (differences ~1e-7).
+    is that the intermediate is not rounded to float32 (differences ~1e-7). Each output reads
+    two positions of the intermediate, each of which reads two inputs: the product is composed
+    from those 4 n taps (float64), never from the (via, n) matrices.
     """
-    up = linear_resize_matrix(n, via, xp=xp, dtype=np.float64)
-    down = linear_resize_matrix(via, n, xp=xp, dtype=np.float64)
-    return (down @ up).astype(dtype)
+    down_left, down_right, down_w_left, down_w_right = _cv2_taps(via, n, np.arange(n))
+    up_left, up_right, up_w_left, up_w_right = _cv2_taps(n, via, np.concatenate([down_left, down_right]))
+    rows = np.tile(np.arange(n), 2)
+    weight = np.concatenate([down_w_left, down_w_right]).astype(np.float64)
+    matrix = np.zeros((n, n), dtype=np.float64)
+    np.add.at(matrix, (rows, up_left), weight * up_w_left)
+    np.add.at(matrix, (rows, up_right), weight * up_w_right)
+    return xp.asarray(matrix.astype(dtype))
 
 
 def _rows_first(h: int, w: int, out_h: int, out_w: int) -> bool:
@@ -72,40 +86,39 @@ def _rows_first(h: int, w: int, out_h: int, out_w: int) -> bool:
     return h * out_w * (w + out_h) > out_h * w * (h + out_w)
 
 
-def _apply(maps: Array, rows: Array, cols: Array) -> Array:
-    """rows @ maps @ cols^T over the last two axes, in the cheaper association order."""
-    xp = array_namespace(maps)
-    h, w = maps.shape[-2:]
-    if _rows_first(h, w, rows.shape[0], cols.shape[0]):
-        return xp.matmul(xp.matmul(rows, maps), cols.T)
-    return xp.matmul(rows, xp.matmul(maps, cols.T))
+def tile_shape(size: tuple[int, int]) -> tuple[int, int]:
+    """(rows, columns) of the largest tile `resize_tiles` yields for an output of `size` = (H, W)."""
+    height, width = size
+    return min(TILE_ROWS, height), min(TILE_COLS, width)
 
 
-BAND_ROWS = 64  # rows per band of a full-size resize; fixed, so the values never depend on batching
+def resize_tiles(maps: Array, size: tuple[int, int]) -> Iterator[tuple[slice, slice, Array]]:
+    """Resize float maps (..., h, w) to (..., H, W), yielding (rows, columns, tile (..., r, c)) with
+    at most TILE_ROWS x TILE_COLS values per map, so that the full-size maps of a large image, and
+    any matrix as long as its sides, need never exist.
 
-
-def resize_bands(maps: Array, size: tuple[int, int]) -> Iterator[tuple[int, Array]]:
-    """Resize float maps (..., h, w) to (..., H, W), yielding (first row, band (..., r, W)) of at
-    most BAND_ROWS rows, so that the full-size maps of a large image need never exist at once.
-
-    Each band's values depend on nothing but its rows and the one map they come from: the same
-    whichever other maps are in `maps`, and the same as `resize_maps`. Same namespace as `maps`.
+    Each tile's values depend on nothing but its place, the output size and the one map they come
+    from: the same whichever other maps are in `maps`, and the same as `resize_maps`. Same
+    namespace as `maps`.
     """
     xp = array_namespace(maps)
     dtype = float_dtype(xp, maps)
     maps = xp.asarray(maps, dtype=dtype)
     h, w = maps.shape[-2:]
     height, width = size
-    rows = linear_resize_matrix(h, height, xp=xp, dtype=dtype)
-    cols = linear_resize_matrix(w, width, xp=xp, dtype=dtype)
-    rows_first = _rows_first(h, w, height, width)
-    right = None if rows_first else xp.matmul(maps, cols.T)
-    for start in range(0, height, BAND_ROWS):
-        band = rows[start : start + BAND_ROWS]
-        if rows_first:
-            yield start, xp.matmul(xp.matmul(band, maps), cols.T)
-        else:
-            yield start, xp.matmul(band, right)
+    if height < 1 or width < 1:
+        raise ValueError(f"sizes must be positive, got {size}")
+    tile_rows, tile_cols = tile_shape(size)
+    rows_first = _rows_first(h, w, height, tile_cols)
+    for left in range(0, width, tile_cols):
+        right = min(left + tile_cols, width)
+        cols = linear_resize_matrix(w, width, start=left, stop=right, xp=xp, dtype=dtype)
+        resized_cols = None if rows_first else xp.matmul(maps, cols.T)  # (..., h, c), shared by the rows
+        for top in range(0, height, tile_rows):
+            bottom = min(top + tile_rows, height)
+            rows = linear_resize_matrix(h, height, start=top, stop=bottom, xp=xp, dtype=dtype)
+            tile = xp.matmul(xp.matmul(rows, maps), cols.T) if rows_first else xp.matmul(rows, resized_cols)
+            yield slice(top, bottom), slice(left, right), tile
 
 
 def resize_maps(maps: Array, size: tuple[int, int]) -> Array:
@@ -113,12 +126,12 @@ def resize_maps(maps: Array, size: tuple[int, int]) -> Array:
 
     `size` is (H, W) (note: cv2 takes (W, H)). Float32 out (float64 for float64 maps), same
     namespace as `maps`. Not clipped: like cv2, a map in [0, 1] may come back ~1e-7 outside it.
-    Computed band by band (`resize_bands`), so its values are the bands' exactly.
+    Computed tile by tile (`resize_tiles`), so its values are the tiles' exactly.
     """
     xp = array_namespace(maps)
     out = xp.empty((*maps.shape[:-2], *size), dtype=float_dtype(xp, maps))
-    for start, band in resize_bands(maps, size):
-        out[..., start : start + band.shape[-2], :] = band
+    for rows, cols, tile in resize_tiles(maps, size):
+        out[..., rows, cols] = tile
     return out
 
 
@@ -132,4 +145,5 @@ def roundtrip_maps(maps: Array, via: tuple[int, int]) -> Array:
     maps = xp.asarray(maps, dtype=dtype)
     h, w = maps.shape[-2:]
     rows = roundtrip_matrix(h, via[0], xp=xp, dtype=dtype)
-    return _apply(maps, rows, roundtrip_matrix(w, via[1], xp=xp, dtype=dtype))
+    cols = roundtrip_matrix(w, via[1], xp=xp, dtype=dtype)
+    return xp.matmul(rows, xp.matmul(maps, cols.T))  # square matrices: either order costs the same

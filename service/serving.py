@@ -1,8 +1,12 @@
 """The `Service` the routes talk to: one model's localizer behind its micro-batcher, plus the
-CPU work around it (decoding, PNG encoding) in a small thread pool, so the event loop only routes.
+CPU work around it (reading headers, decoding, PNG encoding) in the process's small thread pool,
+so the event loop only routes.
 
-A request flows: image headers -> admission (cost known before any decoding) -> decode ->
-micro-batcher (backbone + post-process) -> render, each image's working set freed once rendered.
+A request flows: image headers (read off the loop) -> admission (cost known before any
+decoding) -> decode, straight to the model's input size -> micro-batcher (backbone +
+post-process) -> render. Each image's outcome is its own: a failure on one is that image's error.
+A request cancelled because its client hung up (middleware.CancelOnDisconnect) drops its queued
+decodes, backbone jobs and PNGs, and counts its images in `spa_images_dropped`.
 """
 
 from __future__ import annotations
@@ -17,12 +21,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import anyio
-
-from .admission import Admission, image_work_mp
+from .admission import Admission, Ticket, check_image_memory, image_work_mp
 from .batching import Batched, MicroBatcher
-from .errors import ImageError, TooManyImagesError
-from .imaging import DecodedImage, decode_image, header_size
+from .errors import ImageError, ModelUnavailable, ProcessingFailed, SpaError, TooManyImagesError
+from .imaging import DecodedImage, ImageHeader, decode_for_model, decode_memory, read_header
 from .localize import Localizer, LocalizeOptions
 from .metrics import Metrics
 from .render import render_localization
@@ -32,6 +34,7 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 TRIM_AFTER_MP = 50.0  # requests this large hand their freed memory back to the system
+TRIM_AFTER_BYTES = 64 << 20  # and so do decodes this large, as soon as they are done
 
 
 def release_freed_memory() -> None:
@@ -51,8 +54,9 @@ class Processed:
 class Service:
     """One model, served: start / stop, readiness, and `process` for the routes.
 
-    The services of one process share the admission budget (memory is the process's) and the
-    inference worker: one backbone call at a time, each using every core onnxruntime is given.
+    The services of one process share the admission budget (memory is the process's), the
+    inference worker (one backbone call at a time, each using every core onnxruntime is given)
+    and the CPU pool (`cpu`, SPA_DECODE_THREADS threads: headers, decodes and PNGs of every model).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class Service:
         localizer: Localizer,
         *,
         worker: ThreadPoolExecutor,
+        cpu: ThreadPoolExecutor,
         samples_dir: Path | None,
     ) -> None:
         self.settings = settings
@@ -71,23 +76,23 @@ class Service:
         self.localizer = localizer
         self.name = localizer.card.name
         self.worker = worker
+        self.cpu = cpu
         self.samples_dir = samples_dir
         self.batcher: MicroBatcher | None = None
         self.ready = False
         self.not_ready_reason = "warming up"
-        self._cpu: anyio.CapacityLimiter | None = None
         self._warmup: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start serving; readiness follows once the warm-up inference is done."""
         localizer = self.localizer
-        self._cpu = anyio.CapacityLimiter(self.settings.decode_threads)
         self.batcher = MicroBatcher(
             localizer.localize,
             max_batch_size=min(self.settings.max_batch_size, localizer.max_batch_size),
             max_delay_s=self.settings.max_queue_delay_ms / 1000.0,
             max_queue_size=self.settings.max_queue_size,
             on_batch=partial(self.metrics.observe_batch, self.name),
+            on_failure=self._batcher_failed,
             worker=self.worker,
         )
         self.metrics.ready.labels(self.name).set(0)
@@ -103,9 +108,17 @@ class Service:
             log.exception("warm-up failed; /readyz stays 503")
             self.not_ready_reason = f"warm-up failed: {type(exc).__name__}: {exc}"
             return
+        if self.batcher.failure is not None:
+            return
         self.ready = True
         self.metrics.ready.labels(self.name).set(1)
         log.info("model %s ready (warm-up %.0f ms)", self.localizer.card.name, (time.perf_counter() - started) * 1e3)
+
+    def _batcher_failed(self, error: ModelUnavailable) -> None:
+        self.ready = False
+        self.not_ready_reason = str(error)
+        self.metrics.ready.labels(self.name).set(0)
+        log.error("model %s is not ready any more: %s", self.name, error)
 
     def begin_shutdown(self) -> None:
         """Readiness goes false first, so load balancers stop sending before anything stops."""
@@ -131,6 +144,23 @@ class Service:
         png_side = self.settings.heatmap_max_side if params.heatmap == "png" else None
         return image_work_mp(size, classes, png_max_side=png_side)
 
+    def _read_headers(self, payloads: Sequence[bytes]) -> list[ImageHeader | ImageError]:
+        """Each payload's header, or why it is refused before decoding (in a CPU thread: Pillow's
+        header parsing inflates PNG text chunks, and the loop must stay free)."""
+        settings = self.settings
+        headers: list[ImageHeader | ImageError] = []
+        for data in payloads:
+            try:
+                header = read_header(data, max_pixels=settings.max_image_pixels, max_side=settings.max_image_side)
+                needed = decode_memory(header, self.localizer.card.input_size)
+                check_image_memory(header, needed, settings.max_image_memory_mb)
+                headers.append(header)
+            except ImageError as exc:
+                headers.append(exc)
+            except Exception as exc:  # noqa: BLE001 - a fault of ours on one image is that image's error
+                headers.append(self._failed(exc, "reading the header of"))
+        return headers
+
     async def process(
         self, payloads: Sequence[bytes], params: LocalizeParams, options: LocalizeOptions, started: float
     ) -> Processed:
@@ -141,49 +171,91 @@ class Service:
                 f"{len(payloads)} images in one request, more than the queue ever holds "
                 f"(SPA_MAX_QUEUE_SIZE={self.settings.max_queue_size}); send at most that many per request"
             )
+        loop = asyncio.get_running_loop()
         outcomes: list[LocalizeResponse | ImageError | None] = [None] * len(payloads)
-        sizes: dict[int, tuple[int, int]] = {}
-        for i, data in enumerate(payloads):
-            try:
-                sizes[i] = header_size(data, max_pixels=self.settings.max_image_pixels)
-            except ImageError as exc:
-                outcomes[i] = exc
-        ticket = self.admission.admit(sum(self._work_mp(size, params, options) for size in sizes.values()))
+        ticket: Ticket | None = None
         try:
-            decoded = await asyncio.gather(*(self._decode(payloads[i]) for i in sizes))
-            images, kept = [], []
-            for i, (image, decode_ms) in zip(sizes, decoded):
-                if isinstance(image, ImageError):
-                    outcomes[i] = image
+            headers = await loop.run_in_executor(self.cpu, self._read_headers, payloads)
+            admitted: dict[int, ImageHeader] = {}
+            for i, header in enumerate(headers):
+                if isinstance(header, ImageError):
+                    outcomes[i] = header
                 else:
-                    images.append((image, options))
-                    kept.append((i, decode_ms))
-            futures = self.batcher.submit(images)
-            del decoded, images  # the batcher holds the pixels only until their batch has run
-            batched = await asyncio.gather(*futures)
-            rendered = await asyncio.gather(
-                *(self._render(done, params, decode_ms, started) for (_, decode_ms), done in zip(kept, batched))
-            )
+                    admitted[i] = header
+            ticket = self.admission.admit(sum(self._work_mp(h.size, params, options) for h in admitted.values()))
+            batch_size = await self._localize(payloads, admitted, outcomes, params, options, started)
+        except asyncio.CancelledError:
+            self.metrics.images_dropped.labels(self.name).inc(sum(outcome is None for outcome in outcomes))
+            raise
         finally:
-            ticket.release()
-            if ticket.work_mp >= TRIM_AFTER_MP:
-                await anyio.to_thread.run_sync(release_freed_memory)
-        for (i, _), response in zip(kept, rendered):
-            outcomes[i] = response
-        return Processed(outcomes, max((done.localization.batch_size for done in batched), default=0))
+            if ticket is not None:
+                ticket.release()
+                if ticket.work_mp >= TRIM_AFTER_MP:
+                    loop.run_in_executor(self.cpu, release_freed_memory)  # not awaited: cancelled requests trim too
+        return Processed(outcomes, batch_size)
 
-    async def _decode(self, data: bytes) -> tuple[DecodedImage | ImageError, float]:
+    async def _localize(
+        self,
+        payloads: Sequence[bytes],
+        admitted: dict[int, ImageHeader],
+        outcomes: list[LocalizeResponse | ImageError | None],
+        params: LocalizeParams,
+        options: LocalizeOptions,
+        started: float,
+    ) -> int:
+        """Decode, localize and render the admitted images into `outcomes`; the largest batch size."""
+        decoded = await asyncio.gather(*(self._decode(payloads[i], header) for i, header in admitted.items()))
+        jobs: list[tuple[int, DecodedImage, float]] = []
+        for i, (image, decode_ms) in zip(admitted, decoded):
+            if isinstance(image, ImageError):
+                outcomes[i] = image
+            else:
+                jobs.append((i, image, decode_ms))
+        del decoded
+        futures = self.batcher.submit([(image, options) for _, image, _ in jobs])
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        done: list[tuple[int, Batched, float]] = []
+        for (i, _, decode_ms), result in zip(jobs, results):
+            if isinstance(result, SpaError) and not isinstance(result, ImageError):
+                raise result  # the model stopped (ModelUnavailable) or is shutting down: the whole request
+            if isinstance(result, BaseException):
+                outcomes[i] = self._failed(result, "localizing")
+            else:
+                done.append((i, result, decode_ms))
+        rendered = await asyncio.gather(*(self._render(result, params, ms, started) for _, result, ms in done))
+        for (i, _, _), response in zip(done, rendered):
+            outcomes[i] = response
+        return max((result.localization.batch_size for _, result, _ in done), default=0)
+
+    def _failed(self, exc: BaseException, stage: str) -> ProcessingFailed:
+        log.error("model %s failed %s an image", self.name, stage, exc_info=exc)
+        return ProcessingFailed(f"the server failed while {stage} this image ({type(exc).__name__}); see its log")
+
+    async def _decode(self, data: bytes, header: ImageHeader) -> tuple[DecodedImage | ImageError, float]:
         started = time.perf_counter()
-        decode = partial(decode_image, data, max_pixels=self.settings.max_image_pixels)
-        try:
-            image: DecodedImage | ImageError = await anyio.to_thread.run_sync(decode, limiter=self._cpu)
-        except ImageError as exc:
-            image = exc
+        image = await asyncio.get_running_loop().run_in_executor(self.cpu, self._decode_now, data, header)
         return image, (time.perf_counter() - started) * 1e3
+
+    def _decode_now(self, data: bytes, header: ImageHeader) -> DecodedImage | ImageError:
+        settings = self.settings
+        try:
+            return decode_for_model(
+                data,
+                max_pixels=settings.max_image_pixels,
+                input_size=self.localizer.card.input_size,
+                max_side=settings.max_image_side,
+            )
+        except ImageError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - a fault of ours on one image is that image's error
+            return self._failed(exc, "decoding")
+        finally:
+            if decode_memory(header, self.localizer.card.input_size) >= TRIM_AFTER_BYTES:
+                release_freed_memory()
 
     async def _render(
         self, done: Batched, params: LocalizeParams, decode_ms: float, started: float
-    ) -> LocalizeResponse:
+    ) -> LocalizeResponse | ImageError:
         encode_started = time.perf_counter()
         render = partial(
             render_localization,
@@ -193,7 +265,10 @@ class Service:
             heatmap_max_side=self.settings.heatmap_max_side,
             timings_ms={"decode": decode_ms, "queue": done.queue_ms},
         )
-        response = await anyio.to_thread.run_sync(render, limiter=self._cpu)
+        try:
+            response = await asyncio.get_running_loop().run_in_executor(self.cpu, render)
+        except Exception as exc:  # noqa: BLE001 - a fault of ours on one image is that image's error
+            return self._failed(exc, "rendering")
         now = time.perf_counter()
         response.timings_ms["encode"] = (now - encode_started) * 1e3
         response.timings_ms["total"] = (now - started) * 1e3

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         120.0, gt=0.0, description="Longest time a request body may take to arrive in full (408)"
     )
     max_image_pixels: int = Field(40_000_000, gt=0, description="Largest image (width x height) decoded")
+    max_image_side: int = Field(
+        32_768, gt=0, description="Longest side of an image decoded, pixels (413 above, before decoding)"
+    )
+    max_image_memory_mb: float = Field(
+        400.0, gt=0.0,
+        description="Most memory one image may need to decode, MB, estimated from its header (413 above; see README)",
+    )
     max_batch_images: int = Field(16, ge=1, description="Most images in one /v1/localize/batch request")
     heatmap_max_side: int = Field(
         1024, ge=16, description="Long side of returned heatmap PNGs, at most (the maps hold far less detail)"

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
 import struct
+import time
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from spa_service.errors import (
     EmptyImageError,
+    ImageError,
     ImageTooLargeError,
     NotAnImageError,
     TruncatedImageError,
     UnsupportedFormatError,
 )
-from spa_service.imaging import decode_image, encode_heatmap_png, heatmap_to_uint8, preprocess
+from spa_service.imaging import (
+    ImageHeader,
+    decode_for_model,
+    decode_image,
+    decode_memory,
+    encode_heatmap_png,
+    heatmap_to_uint8,
+    preprocess,
+    read_header,
+)
 
 MAX = 40_000_000
 MEAN = (0.485, 0.456, 0.406)
@@ -172,3 +185,246 @@ def test_heatmap_png_long_side_is_capped_proportionally() -> None:
     assert (width, height) == (600, 200)
     decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
     assert decoded.shape == (200, 600) and decoded.min() == 255
+
+
+# --- Decoding for the model: the same pixels, a cost known from the header, bounded parsing ---
+
+INPUT = (224, 224)
+
+
+def turned(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(image, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def sixteen_bit(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    values = np.random.default_rng(seed).integers(0, 65536, (height, width), dtype=np.uint16)
+    return Image.fromarray(values)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("rgb jpeg", encode(photo(), "JPEG")),
+        ("grey jpeg", encode(photo().convert("L"), "JPEG")),
+        ("cmyk jpeg", encode(photo().convert("CMYK"), "JPEG")),
+        ("progressive jpeg", encode(photo(), "JPEG", progressive=True)),
+        ("rgba png", encode(photo().convert("RGBA"), "PNG")),
+        ("palette png with transparency", encode(photo().convert("P"), "PNG", transparency=0)),
+        ("1-bit tiff", encode(photo().convert("1"), "TIFF")),
+        ("la png", encode(photo().convert("LA"), "PNG")),
+        ("16-bit png", encode(sixteen_bit(), "PNG")),
+        ("32-bit tiff", encode(Image.fromarray(np.asarray(sixteen_bit()).astype(np.int32) * 3 - 9000), "TIFF")),
+        ("float tiff", encode(Image.fromarray(np.asarray(sixteen_bit()).astype(np.float32) / 200), "TIFF")),
+        ("webp", encode(photo(), "WEBP")),
+        ("gif", encode(photo(), "GIF")),
+        *[(f"orientation {o}", turned(photo(60, 20), o)) for o in range(1, 9)],
+    ],
+)
+def test_decode_for_model_is_decode_image_resized(name: str, data: bytes) -> None:
+    full = decode_image(data, max_pixels=MAX)
+    small = decode_for_model(data, max_pixels=MAX, input_size=INPUT)
+    assert (small.width, small.height) == (full.width, full.height)
+    assert small.image.mode == "RGB" and small.image.size == (INPUT[1], INPUT[0])
+    expected = full.image.resize((INPUT[1], INPUT[0]), Image.BILINEAR)
+    np.testing.assert_array_equal(np.asarray(small.image), np.asarray(expected))
+    kw = {"input_size": INPUT, "mean": MEAN, "std": STD}
+    np.testing.assert_array_equal(preprocess([small], **kw), preprocess([full], **kw))
+
+
+def test_orientation_turns_the_image_as_pillow_does() -> None:
+    for orientation in range(1, 9):
+        data = turned(photo(60, 20), orientation)
+        expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+        np.testing.assert_array_equal(np.asarray(decode_image(data, max_pixels=MAX).image), np.asarray(expected))
+        assert read_header(data, max_pixels=MAX).orientation == orientation
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I", "F"])
+def test_high_bit_depth_conversion_matches_the_float_formula(mode: str) -> None:
+    rng = np.random.default_rng(7)
+    if mode == "F":
+        values = rng.normal(128, 200, (300, 700)).astype(np.float32)
+        values[0, :4] = [np.inf, -np.inf, 255.5, 0.49]
+        oracle = np.clip(np.rint(values.astype(np.float64)), 0, 255)
+    else:
+        high = 65536 if mode.startswith("I;16") else 2**31
+        values = rng.integers(0 if mode.startswith("I;16") else -(2**31), high, (300, 700), dtype=np.int64)
+        values[0, :6] = [0, 128, 129, 385, 386, 65535]
+        oracle = np.clip(np.rint(values / 257.0), 0, 255)
+    image = Image.fromarray(values.astype(np.float32 if mode == "F" else np.int32), mode="F" if mode == "F" else "I")
+    if mode.startswith("I;16"):
+        image = image.convert(mode)
+    data = encode(image, "TIFF") if mode != "I;16" else encode(image, "PNG")
+    assert Image.open(io.BytesIO(data)).mode == mode
+    got = np.asarray(decode_image(data, max_pixels=MAX).image)
+    np.testing.assert_array_equal(got[..., 0], oracle.astype(np.uint8))
+
+
+def test_float_nan_becomes_black() -> None:
+    values = np.full((4, 4), np.nan, dtype=np.float32)
+    got = np.asarray(decode_image(encode(Image.fromarray(values), "TIFF"), max_pixels=MAX).image)
+    assert (got == 0).all()
+
+
+def rss_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field}")
+
+
+def peak_growth(fn) -> int:
+    """How far this process's resident set rose above its level before `fn` ran (VmHWM, reset first)."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = rss_bytes("VmRSS")
+    fn()
+    return rss_bytes("VmHWM") - before
+
+
+def cost_cases() -> dict[str, bytes]:
+    width, height = 2000, 1500
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (height // 10, width // 10, 3), dtype=np.uint8)).resize((width, height))
+    grey = np.asarray(rgb.convert("L"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return {
+        "baseline jpeg": encode(rgb, "JPEG", quality=90),
+        "turned jpeg": encode(rgb, "JPEG", quality=90, exif=exif.tobytes()),
+        "progressive 4:4:4 jpeg": encode(rgb, "JPEG", quality=90, progressive=True, subsampling=0),
+        "cmyk jpeg": encode(rgb.convert("CMYK"), "JPEG", quality=90),
+        "rgba png": encode(rgb.convert("RGBA"), "PNG", compress_level=1),
+        "palette png with transparency": encode(rgb.convert("P"), "PNG", compress_level=1, transparency=0),
+        "grey png": encode(rgb.convert("L"), "PNG", compress_level=1),
+        "turned 16-bit png": encode(Image.fromarray(grey.astype(np.uint16) * 257), "PNG", exif=exif.tobytes()),
+        "32-bit deflate tiff": encode(Image.fromarray(grey.astype(np.int32) * 99), "TIFF", compression="tiff_adobe_deflate"),
+        "float deflate tiff": encode(Image.fromarray(grey.astype(np.float32)), "TIFF", compression="tiff_adobe_deflate"),
+        "webp": encode(rgb, "WEBP", quality=80),
+        "gif": encode(rgb.convert("P"), "GIF"),
+    }
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
+def test_decode_memory_bounds_what_decoding_takes() -> None:
+    """The estimate from the header against the process's measured peak: never under it, and not
+    far over (the estimate is what admission refuses images by)."""
+    for name, data in cost_cases().items():
+        header = read_header(data, max_pixels=MAX)
+        estimate = decode_memory(header, INPUT)
+        measured = peak_growth(lambda: decode_for_model(data, max_pixels=MAX, input_size=INPUT))
+        assert measured <= estimate, f"{name}: measured {measured / 1e6:.1f} MB over the estimate {estimate / 1e6:.1f}"
+        assert estimate <= 1.5 * measured + 4e6, f"{name}: estimate {estimate / 1e6:.1f} MB, measured {measured / 1e6:.1f}"
+
+
+def test_decode_memory_counts_bytes_per_pixel_and_the_long_side() -> None:
+    def header(mode: str, size: tuple[int, int], **kw) -> ImageHeader:
+        fields = {"format": "PNG", "orientation": 1, "palette_alpha": False, "decoder_bytes": 0} | kw
+        return ImageHeader(mode=mode, width=size[0], height=size[1], **fields)
+
+    square = (6000, 6000)
+    grey, rgb = decode_memory(header("L", square), INPUT), decode_memory(header("RGB", square), INPUT)
+    sixteen, float32 = decode_memory(header("I;16", square), INPUT), decode_memory(header("F", square), INPUT)
+    assert grey < sixteen < float32 and grey < rgb  # 1, 2 + 1 and 4 + 1 bytes a pixel, against 4
+    assert decode_memory(header("RGB", square, orientation=6), INPUT) > 1.9 * rgb  # a turn copies the image
+    # Pillow's resize weights: 16 bytes per pixel of the long side, whatever the pixel count.
+    wide = decode_memory(header("L", (16_000_000, 2)), INPUT)
+    assert wide > 16 * 16_000_000 and wide > 6 * decode_memory(header("L", (5657, 5657)), INPUT)  # both 32 MP
+
+
+def test_side_limit_is_refused_before_decoding() -> None:
+    data = bomb_png(40_000, 1)
+    with pytest.raises(ImageTooLargeError, match="long side is over the limit of 32,768 pixels .SPA_MAX_IMAGE_SIDE"):
+        read_header(data, max_pixels=MAX, max_side=32_768)
+    assert read_header(data, max_pixels=MAX).size == (1, 40_000)
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def with_chunks(chunks: list[bytes]) -> bytes:
+    """A small PNG with `chunks` between its header and its pixels."""
+    small = encode(Image.new("L", (8, 8)), "PNG")
+    return small[:33] + b"".join(chunks) + small[33:]
+
+
+def jpeg_with(segments: bytes) -> bytes:
+    small = encode(Image.new("RGB", (8, 8)), "JPEG")
+    return small[:2] + segments + small[2:]
+
+
+def gif_with(extensions: bytes) -> bytes:
+    small = encode(Image.new("P", (8, 8)), "GIF")
+    flags = small[10]
+    start = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    return small[:start] + extensions + small[start:]
+
+
+def tiff_with_strips(count: int) -> bytes:
+    """An uncompressed 8 x 8 grey TIFF that lists `count` one-byte strips."""
+    entries = [(256, 3, 1, 8), (257, 3, 1, 8), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (277, 3, 1, 1),
+               (278, 3, 1, 1)]
+    ifd_size = 2 + 12 * (len(entries) + 2) + 4
+    offsets_at = 8 + ifd_size
+    counts_at = offsets_at + 4 * count
+    pixels_at = counts_at + 4 * count
+    entries += [(273, 4, count, offsets_at), (279, 4, count, counts_at)]
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, n, value in sorted(entries):
+        ifd += struct.pack("<HHI", tag, kind, n) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+    ifd += b"\0\0\0\0"
+    return (b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack(f"<{count}I", *[pixels_at] * count)
+            + struct.pack(f"<{count}I", *[1] * count) + b"\x80" * 64)
+
+
+HOSTILE_HEADERS = {
+    # What each costs Pillow without the limits, measured on one core: 16 s, 16 s, 7 s, 14 s, 0.35 s.
+    "1.6 million empty PNG chunks": (lambda: with_chunks([png_chunk(b"abCd", b"")] * 1_600_000), "PNG chunks"),
+    "5 million JPEG segments": (lambda: jpeg_with(b"\xff\xfe\x00\x02" * 5_000_000), "JPEG segments"),
+    "4 million GIF comments": (lambda: gif_with(b"\x21\xfe\x01a\x00" * 4_000_000), "GIF extension blocks"),
+    "a TIFF of a million strips": (lambda: tiff_with_strips(1_000_000), "values in one TIFF tag"),
+    "60 zTXt chunks of 1 MB each": (
+        lambda: with_chunks([png_chunk(b"zTXt", b"k\0\0" + zlib.compress(b"\0" * 1_000_000, 9))] * 60),
+        "text chunks",
+    ),
+    "a 1 MB eXIf chunk": (lambda: with_chunks([png_chunk(b"eXIf", b"MM\0*" + b"\0" * 1_000_000)]), "EXIF"),
+    "junk between JPEG segments": (lambda: jpeg_with(b"\x00" * 100_000), "stray bytes"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_HEADERS)
+def test_headers_that_cost_more_than_their_bytes_are_refused_at_once(name: str) -> None:
+    make, says = HOSTILE_HEADERS[name]
+    data = make()
+    started = time.process_time()
+    with pytest.raises(ImageTooLargeError, match=says):
+        read_header(data, max_pixels=MAX)
+    assert time.process_time() - started < 0.5  # CPU time, so a loaded machine does not fail it
+
+
+def test_text_chunks_under_the_limit_are_read() -> None:
+    data = with_chunks([png_chunk(b"tEXt", b"Comment\0" + b"a" * 200_000)])
+    assert decode_image(data, max_pixels=MAX).image.size == (8, 8)
+
+
+def test_only_the_formats_the_service_names_are_opened() -> None:
+    with pytest.raises(NotAnImageError, match="JPEG, PNG, WebP, BMP, GIF or TIFF"):
+        decode_image(encode(photo(), "PPM"), max_pixels=MAX)
+    rle = bytearray(encode(photo().convert("P"), "BMP"))
+    rle[30:34] = struct.pack("<I", 1)  # BI_RLE8
+    with pytest.raises(UnsupportedFormatError, match="run-length encoded BMP"):
+        decode_image(bytes(rle), max_pixels=MAX)
+
+
+def test_a_progressive_jpeg_with_zero_sampling_factors_is_an_image_error() -> None:
+    data = bytearray(encode(photo(), "JPEG", progressive=True))
+    sof = data.index(b"\xff\xc2")
+    for component in range(data[sof + 9]):
+        data[sof + 11 + 3 * component] = 0  # horizontal and vertical sampling factors 0 (found by fuzzing)
+    with pytest.raises(ImageError):
+        header = read_header(bytes(data), max_pixels=MAX)
+        decode_memory(header, INPUT)
+        decode_for_model(bytes(data), max_pixels=MAX, input_size=INPUT)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spa_service.resize import linear_resize_matrix, resize_maps, roundtrip_maps, roundtrip_matrix
+from spa_service.resize import (
+    TILE_COLS,
+    TILE_ROWS,
+    linear_resize_matrix,
+    resize_maps,
+    resize_tiles,
+    roundtrip_maps,
+    roundtrip_matrix,
+)
 
 FAST = settings(max_examples=60, deadline=None)
 
@@ -97,3 +107,43 @@ def test_roundtrip_matrix_is_two_cv2_resizes(n: int, via: int) -> None:
 def test_bad_sizes_raise() -> None:
     with pytest.raises(ValueError):
         linear_resize_matrix(0, 5)
+
+
+@pytest.mark.parametrize(("n", "via"), [(7, 100_000), (14, 375), (28, 4000), (12, 1), (1, 9), (5, 5)])
+def test_roundtrip_matrix_is_the_product_of_the_two_resize_matrices(n: int, via: int) -> None:
+    dense = linear_resize_matrix(via, n, dtype=np.float64) @ linear_resize_matrix(n, via, dtype=np.float64)
+    np.testing.assert_allclose(roundtrip_matrix(n, via, dtype=np.float64), dense, rtol=0, atol=1e-15)
+
+
+def test_nothing_grows_with_the_long_side() -> None:
+    """A 39,000,000 x 1 image's round trip and a 2 x 16,000,000 one's tiles, within a few MB: no
+    matrix as long as a side (those took 4.4 GB and 1.6 GB)."""
+    maps = np.random.default_rng(0).random((3, 7, 7), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        roundtrip_maps(maps, (1, 39_000_000))
+        roundtrip_maps(maps, (39_000_000, 1))
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak < 1e6, f"round trips: {peak / 1e6:.1f} MB"
+        tracemalloc.reset_peak()
+        covered = 0
+        for rows, cols, tile in resize_tiles(maps, (2, 16_000_000)):
+            assert tile.shape[-2:] == (rows.stop - rows.start, cols.stop - cols.start)
+            covered += tile.shape[-2] * tile.shape[-1]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert covered == 2 * 16_000_000
+    assert peak < 3 * 4 * TILE_ROWS * TILE_COLS * 2, f"tiles: {peak / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize("size", [(3, 40_000), (TILE_ROWS * 2 + 5, TILE_COLS + 3), (1, 1)])
+def test_tiles_cover_the_output_once_and_match_cv2(size: tuple[int, int]) -> None:
+    maps = np.random.default_rng(size[1]).random((2, 9, 11), dtype=np.float32)
+    seen = np.zeros(size, dtype=int)
+    for rows, cols, tile in resize_tiles(maps, size):
+        assert tile.shape[-2] <= TILE_ROWS and tile.shape[-1] <= TILE_COLS
+        seen[rows, cols] += 1
+    assert (seen == 1).all()
+    for k in range(2):
+        np.testing.assert_allclose(resize_maps(maps, size)[k], cv2_resize(maps[k], size), atol=1e-5)

@@ -85,7 +85,7 @@ def test_a_36_mp_request_for_every_class_stays_within_its_memory_bound(tmp_path:
         peak = peak_rss_mb(server.process.pid)
     # The decoded image (108 MB of RGB) plus bands; the old path held 8 full-size float maps (1.2 GB).
     assert peak - idle < 400, f"peak {peak:.0f} MB, idle {idle:.0f} MB"
-    expected = Localizer.from_settings(Settings(providers="cpu")).localize(
+    expected = Localizer.from_settings(Settings(model_dir=BUNDLED_MODEL_DIR, providers="cpu")).localize(
         [decode_image(data, max_pixels=40_000_000)], [LocalizeOptions(topk=every)]
     )[0]
     got = response.json()["predictions"]
