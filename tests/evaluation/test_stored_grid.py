@@ -47,7 +47,7 @@ class BrightnessLocalizer:
         return SimpleNamespace(maps=maps, scores=np.ones((len(images), 1)))
 
     def postprocess(self, run: SimpleNamespace, options: list) -> list[SimpleNamespace]:
-        return [SimpleNamespace(predictions=[SimpleNamespace(heatmap=m, map=m)]) for m in run.maps]
+        return [SimpleNamespace(predictions=[SimpleNamespace(heatmap_at_image_size=lambda m=m: m, map=m)]) for m in run.maps]
 
 
 @pytest.fixture
