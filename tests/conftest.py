@@ -11,7 +11,8 @@ import pytest
 
 from helpers.cub import make_cub_dataset as _make_cub_dataset
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+TESTS = Path(__file__).resolve().parent
+DATA_DIR = TESTS / "data"
 CUB_CLASSES = DATA_DIR / "cub200_classes.txt"  # copy of ../shared/data/cub200_classes.txt: CI has only the repo
 
 
@@ -25,6 +26,17 @@ def _export_random_model(out_dir: Path, arch: str, num_classes: int, labels: lis
     model = build_model(arch, num_classes)
     export_model(model, arch=arch, out_dir=out_dir, labels=labels, name=f"{arch}-spa-random-init-seed0")
     return out_dir
+
+
+TORCH_FIXTURES = {"vgg16_model_dir", "random_tiny_model_dir"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark what needs torch: the export side's tests, and any test that asks (through any fixture) for a
+    model exported from PyTorch."""
+    for item in items:
+        if TESTS / "export" in Path(item.path).parents or TORCH_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.torch)
 
 
 @pytest.fixture(scope="session")

@@ -163,6 +163,7 @@ def _wait_for(condition, what: str, process: subprocess.Popen, timeout_s: float 
         time.sleep(0.05)
 
 
+@pytest.mark.system
 def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     """The 7th image is a FIFO nobody writes to: the run blocks in its batch after writing the
     batches before it, is killed there, and the rerun (with the image in its place) completes."""
