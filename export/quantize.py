@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from argparse import ArgumentTypeError
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ from PIL import Image
 from spa_service.argtypes import positive_int
 from spa_service.boxes import Box
 from spa_service.card import (
-    CARD_FILE, Agreement, Calibration, ModelCard, Precision, Variant, load_card, sha256_of, write_card,
+    CARD_FILE, Agreement, Calibration, ModelCard, OutputNames, Precision, Variant, load_card, sha256_of, write_card,
 )
 from spa_service.engine import Engine
 from spa_service.errors import ImageError, ModelLoadError
@@ -45,6 +46,7 @@ from spa_service.localize import Localization, Localizer, LocalizeOptions
 from spa_service.settings import Settings
 
 from .console import EXIT_USAGE, ArgumentParser, fail, setup_logging
+from .onnx_graph import classifier_node, depthwise_convs, head_nodes, int8_mac_share
 
 log = logging.getLogger(__name__)
 
@@ -67,31 +69,56 @@ class QuantizeError(Exception):
 
 @dataclass(frozen=True)
 class Int8Recipe:
-    """onnxruntime static quantization settings; the defaults are the ones docs/precision.md measured best.
+    """onnxruntime static quantization settings (docs/precision.md has the measurements behind them).
 
-    `float_head`: the head (every node between the feature blocks and `class_map`) stays in float.
+    `float_head`: the head (the nodes that feed `class_map` and neither feature output) stays float; without it
+    the head is int8 except its classifier, the Conv that writes `class_map`, which always stays float (its
+    8-bit output flips the top-1 class). `float_depthwise`: depthwise Convs stay float.
     """
 
     format: Literal["QDQ", "QOperator"] = "QDQ"
     per_channel: bool = True
     reduce_range: bool = True
     activations: Literal["uint8", "int8"] = "uint8"
+    weights: Literal["int8", "uint8"] = "int8"
     method: CalibrationName = "MinMax"
     float_head: bool = True
+    float_depthwise: bool = False
 
     def card(self) -> dict[str, str | bool | list[str]]:
         return {"format": self.format, "per_channel": self.per_channel, "reduce_range": self.reduce_range,
-                "activations": self.activations, "weights": "int8", "float_head": self.float_head,
-                "tool": f"onnxruntime.quantization {version('onnxruntime')}"}
+                "activations": self.activations, "weights": self.weights, "float_head": self.float_head,
+                "float_depthwise": self.float_depthwise, "tool": f"onnxruntime.quantization {version('onnxruntime')}"}
+
+    def float_nodes(self, model: onnx.ModelProto, io: OutputNames) -> list[str]:
+        """The nodes of `model` this recipe leaves in float."""
+        nodes = head_nodes(model, io) if self.float_head else [classifier_node(model, io)]
+        return nodes + (depthwise_convs(model) if self.float_depthwise else [])
+
+
+# The recipe per architecture (card.arch); docs/precision.md: why each.
+RECIPES: dict[str, Int8Recipe] = {
+    "vgg16": Int8Recipe(float_head=False),
+    "inceptionv3": Int8Recipe(float_head=False),
+}
+
+
+def recipe_for(arch: str) -> Int8Recipe:
+    """The int8 recipe for an architecture: its entry in RECIPES, else Int8Recipe()."""
+    return RECIPES.get(arch, Int8Recipe())
 
 
 @dataclass(frozen=True)
 class Floors:
-    """The least agreement a variant needs for its card to be written (docs/precision.md)."""
+    """The least agreement a variant needs for its card to be written, and the least share of its multiply-adds
+    an int8 variant must run in int8 (docs/precision.md)."""
 
     min_top1: float = 0.99
     min_box_iou_ge_0_9: float = 0.97
     max_heatmap_diff_p99: float = 0.25
+    # Below half the multiply-adds in int8 the float rest dominates the time (Amdahl): int8 does not pay,
+    # and a card saying int8 would misdescribe the model.
+    min_int8_macs: float = 0.5
 
     def shortfall(self, agreement: Agreement) -> str | None:
         """The first figure that misses its floor, in words; None when all clear."""
@@ -175,37 +202,25 @@ class _Reader(CalibrationDataReader):
 # --- conversion ----------------------------------------------------------------------------------------------
 
 
-def head_nodes(model: onnx.ModelProto, class_map: str) -> list[str]:
-    """Names of the nodes `class_map` is computed by after the last other graph output (the feature blocks):
-    the walk back from it stops at graph outputs, graph inputs and initializers."""
-    producer = {out: node for node in model.graph.node for out in node.output}
-    stops = {o.name for o in model.graph.output if o.name != class_map} | {i.name for i in model.graph.input}
-    names, pending = [], [class_map]
-    while pending:
-        node = producer.get(pending.pop())
-        if node is None or node.name in names:
-            continue
-        names.append(node.name)
-        pending += [name for name in node.input if name and name not in stops]
-    return names
-
-
 def quantize_int8(fp32_onnx: Path, out_onnx: Path, card: ModelCard, calibration: Sequence[Path],
-                  recipe: Int8Recipe, max_pixels: int) -> None:
-    """Static int8 quantization of `fp32_onnx` into `out_onnx`, activation ranges from `calibration`."""
+                  recipe: Int8Recipe, max_pixels: int) -> float:
+    """Static int8 quantization of `fp32_onnx` into `out_onnx`, activation ranges from `calibration`; returns the
+    share of the multiply-adds onnxruntime runs in int8."""
     with tempfile.TemporaryDirectory(prefix="spa-quantize-") as tmp:
         # onnxruntime's recommended pre-pass: shape inference and graph optimisation (BatchNorm folding).
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_onnx), str(prepared))
-        excluded = head_nodes(onnx.load(str(prepared)), card.io.class_map) if recipe.float_head else []
+        model = onnx.load(str(prepared))
         activation = QuantType.QUInt8 if recipe.activations == "uint8" else QuantType.QInt8
         quantize_static(
             str(prepared), str(out_onnx), _Reader(calibration, card, max_pixels),
             quant_format=QuantFormat.QDQ if recipe.format == "QDQ" else QuantFormat.QOperator,
             per_channel=recipe.per_channel, reduce_range=recipe.reduce_range, activation_type=activation,
-            weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=_METHODS[recipe.method],
+            weight_type=QuantType.QInt8 if recipe.weights == "int8" else QuantType.QUInt8,
+            nodes_to_exclude=recipe.float_nodes(model, card.io), calibrate_method=_METHODS[recipe.method],
             calibration_providers=["CPUExecutionProvider"],
         )
+        return int8_mac_share(model, out_onnx)
 
 
 def convert_fp16(fp32_onnx: Path, out_onnx: Path) -> dict[str, str | bool | list[str]]:
@@ -249,7 +264,7 @@ class _Tally:
         self.top5 += len(set(ref_ids) & set(other_ids)) / len(ref_ids)
         top_ref, top_other = ref.predictions[0], other.predictions[0]
         self.ious.append(box_iou(_first(top_ref.boxes), _first(top_other.boxes)))
-        diff = np.abs(top_ref.heatmap.astype(np.float64) - top_other.heatmap)
+        diff = np.abs(top_ref.heatmap_at_image_size().astype(np.float64) - top_other.heatmap_at_image_size())
         self.diff_sum += float(diff.sum())
         self.pixels += diff.size
         counts, _ = np.histogram(diff, bins=HISTOGRAM_BINS, range=(0.0, 1.0))
@@ -301,11 +316,13 @@ class Source:
 
 def make_variant(model_dir: Path, out_dir: Path, precision: Precision, source: Source, *,
                  calibration_images: int = 64, held_out_images: int = 400, seed: int = 0,
-                 recipe: Int8Recipe = Int8Recipe(), floors: Floors = Floors(), force: bool = False,
+                 recipe: Int8Recipe | None = None, floors: Floors = Floors(), force: bool = False,
                  max_pixels: int | None = None) -> tuple[ModelCard, str | None]:
     """Write `out_dir/model.onnx` (the variant) and, unless its agreement misses a floor and not `force`,
-    `out_dir/model.json`. Returns (the card, the floor it missed or None); the card is not written when a
-    floor is missed without `force`. Raises QuantizeError for unusable inputs, ModelLoadError for the model."""
+    `out_dir/model.json`. `recipe`: int8's, by default the architecture's (RECIPES). Returns (the card, the floor
+    it missed or None); the card is not written when a floor is missed without `force`. Raises QuantizeError
+    for unusable inputs and for an int8 model with less than `floors.min_int8_macs` of its multiply-adds in
+    int8 (whatever `force` says), ModelLoadError for the model."""
     card, fp32_onnx = load_card(model_dir)
     if card.precision != "fp32":
         raise QuantizeError(f"{model_dir}: is already {card.precision}; start from the fp32 export")
@@ -318,9 +335,16 @@ def make_variant(model_dir: Path, out_dir: Path, precision: Precision, source: S
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CARD_FILE).unlink(missing_ok=True)  # a refused variant must not leave an older card beside it
     out_onnx = out_dir / ONNX_FILE
+    int8_macs = None
     if precision == "int8":
+        recipe = recipe or recipe_for(card.arch)
         log.info("quantizing %s to int8 on %d calibration images (%s)", fp32_onnx, len(calibration), recipe)
-        quantize_int8(fp32_onnx, out_onnx, card, calibration, recipe, max_pixels)
+        int8_macs = quantize_int8(fp32_onnx, out_onnx, card, calibration, recipe, max_pixels)
+        log.info("%.1f%% of the multiply-adds run in int8", 100 * int8_macs)
+        if int8_macs < floors.min_int8_macs:
+            raise QuantizeError(f"only {int8_macs:.1%} of the multiply-adds run in int8, under the floor of "
+                                f"{floors.min_int8_macs:.0%} (--min-int8-macs): this is not an int8 model; "
+                                "no card written")
         settings: dict[str, str | bool | list[str]] = recipe.card()
         calibrated = Calibration(source=source.name, images=len(calibration), method=recipe.method, seed=seed)
     else:
@@ -334,7 +358,7 @@ def make_variant(model_dir: Path, out_dir: Path, precision: Precision, source: S
         name=f"{card.name}-{precision}", onnx_file=ONNX_FILE, onnx_sha256=sha256_of(out_onnx), parity={},
         precision=precision, tool_version=version("spa-localizer"),
         variant=Variant(reference_sha256=card.onnx_sha256, recipe=settings, calibration=calibrated,
-                        agreement=agreement),
+                        int8_macs=int8_macs, agreement=agreement),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     ))
     variant_card = ModelCard.model_validate(variant_card.model_dump())  # the whole card checked, as load_card will
@@ -343,6 +367,13 @@ def make_variant(model_dir: Path, out_dir: Path, precision: Precision, source: S
         write_card(variant_card, out_dir)
         log.info("wrote %s and %s", out_onnx, out_dir / CARD_FILE)
     return variant_card, missed
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
 
 
 def _parser() -> ArgumentParser:
@@ -360,10 +391,14 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--held-out-images", type=positive_int, default=400,
                         help="at most this many of the other images measure the agreement (default 400)")
     parser.add_argument("--seed", type=int, default=0, help="of the shuffle that splits the images (default 0)")
-    parser.add_argument("--method", choices=sorted(_METHODS), default=Int8Recipe.method,
-                        help=f"int8 calibration method (default {Int8Recipe.method})")
-    parser.add_argument("--quantize-head", action="store_true",
-                        help="int8 for the head too (by default it stays float: docs/precision.md says when to)")
+    parser.add_argument("--method", choices=sorted(_METHODS),
+                        help="int8 calibration method (default: the architecture's recipe's, docs/precision.md)")
+    head = parser.add_mutually_exclusive_group()
+    head.add_argument("--quantize-head", dest="float_head", action="store_false", default=None,
+                      help="int8 for the head too, but for the classifier Conv that writes class_map "
+                      "(default: the architecture's recipe)")
+    head.add_argument("--float-head", dest="float_head", action="store_true", default=None,
+                      help="the whole head in float (default: the architecture's recipe)")
     defaults = Floors()
     parser.add_argument("--min-top1", type=float, default=defaults.min_top1,
                         help=f"floor: top-1 class agreement (default {defaults.min_top1})")
@@ -372,7 +407,10 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--max-heatmap-diff-p99", type=float, default=defaults.max_heatmap_diff_p99,
                         help="ceiling: 99th percentile of |heatmap difference| "
                         f"(default {defaults.max_heatmap_diff_p99})")
-    parser.add_argument("--force", action="store_true", help="write the card even if a floor is missed")
+    parser.add_argument("--min-int8-macs", type=_fraction, default=defaults.min_int8_macs,
+                        help="floor: share of the multiply-adds an int8 model runs in int8; --force does not "
+                        f"override it (default {defaults.min_int8_macs})")
+    parser.add_argument("--force", action="store_true", help="write the card even if an agreement floor is missed")
     parser.add_argument("--out", type=Path, required=True, help="new directory for model.onnx and model.json")
     return parser
 
@@ -386,11 +424,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             paths = dataset_images(args.calibration_data, args.split)
             source = Source(f"data set {args.calibration_data} ({args.split} split)", paths)
-        card, missed = make_variant(
+        changes = {key: value for key in ("method", "float_head") if (value := getattr(args, key)) is not None}
+        _, missed = make_variant(
             args.model_dir, args.out, args.precision, source, calibration_images=args.calibration_images,
             held_out_images=args.held_out_images, seed=args.seed,
-            recipe=replace(Int8Recipe(), method=args.method, float_head=not args.quantize_head),
-            floors=Floors(args.min_top1, args.min_box_iou90, args.max_heatmap_diff_p99), force=args.force,
+            recipe=replace(recipe_for(load_card(args.model_dir)[0].arch), **changes),
+            floors=Floors(args.min_top1, args.min_box_iou90, args.max_heatmap_diff_p99, args.min_int8_macs),
+            force=args.force,
         )
     except (QuantizeError, ModelLoadError) as exc:
         fail(f"spa-quantize: {exc}", EXIT_USAGE)

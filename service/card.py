@@ -106,6 +106,11 @@ class Variant(BaseModel):
     reference_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the fp32 model.onnx it came from")
     recipe: dict[str, str | bool | list[str]] = Field(description="the conversion's settings")
     calibration: Calibration | None = None  # int8 only
+    int8_macs: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="int8 only: fraction of the network's multiply-adds (at its input size) that onnxruntime runs "
+        "with integer kernels",
+    )
     agreement: Agreement
 
 

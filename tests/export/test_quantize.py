@@ -223,8 +223,27 @@ def test_box_iou_of_inclusive_boxes() -> None:
 def test_head_nodes_are_those_after_the_feature_blocks() -> None:
     import onnx
 
-    names = quantize.head_nodes(onnx.load(str(DEMO / "model.onnx")), "class_map")
-    assert sorted(names) == ["/cls/cls.0/Conv", "/cls/cls.1/Relu", "/cls/cls.2/Conv"]
+    from spa_export.onnx_graph import head_nodes
+    from spa_service.card import OutputNames
+
+    names = head_nodes(onnx.load(str(DEMO / "model.onnx")), OutputNames())
+    assert names == ["/cls/cls.0/Conv", "/cls/cls.1/Relu", "/cls/cls.2/Conv"]
+
+
+def test_the_head_of_a_network_whose_features_branch_off_is_not_the_whole_network() -> None:
+    """EfficientNet-Lite0's feature outputs are average-pooled side branches off blocks 7 and 10: the head is what
+    comes after block 10 (blocks 11-15, the head Conv, the classifier), not everything class_map depends on."""
+    import onnx
+
+    from spa_export.onnx_graph import head_nodes
+    from spa_service.card import OutputNames
+
+    model = onnx.load(str(DEMO.parent / "imagenet-lite0" / "model.onnx"))
+    convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
+    head = set(head_nodes(model, OutputNames())) & convs
+    after_block_10 = {name for name in convs
+                      if name.startswith(tuple(f"/_blocks.{i}/" for i in range(11, 16))) or name in ("/_conv_head/Conv", "/Conv")}
+    assert head == after_block_10 and len(head) == 5 * 3 + 2
 
 
 def test_int8_model_keeps_the_head_float_and_quantizes_the_rest(int8_dir: Path) -> None:
@@ -238,7 +257,7 @@ def test_int8_model_keeps_the_head_float_and_quantizes_the_rest(int8_dir: Path) 
     assert sum(n.op_type == "DequantizeLinear" for n in model.graph.node) > 0
 
 
-def test_quantize_head_makes_the_head_int8_too(synth: Path, tmp_path: Path) -> None:
+def test_quantize_head_makes_the_head_int8_but_the_classifier(synth: Path, tmp_path: Path) -> None:
     import onnx
 
     run_quantize(DEMO, tmp_path, "--precision", "int8", "--calibration-data", str(synth), "--calibration-images", "8",
@@ -247,5 +266,19 @@ def test_quantize_head_makes_the_head_int8_too(synth: Path, tmp_path: Path) -> N
     assert card.variant.recipe["float_head"] is False
     model = onnx.load(str(onnx_path))
     floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
-    (classifier,) = [n for n in model.graph.node if n.name == "/cls/cls.2/Conv"]
-    assert classifier.input[1] not in floats
+    convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+    assert convs["/cls/cls.0/Conv"].input[1] not in floats
+    assert convs["/cls/cls.2/Conv"].input[1] in floats  # the classifier: an 8-bit class map flips the top-1 class
+    # All Convs but the 1 x 1 classifier (128 x 8 of the 14 x 14 map's multiply-adds) are int8.
+    assert card.variant.int8_macs == pytest.approx(1 - 196 * 128 * 8 / 127_547_392, abs=1e-9)
+
+
+def test_too_few_int8_multiply_adds_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           synth: Path) -> None:
+    """With its head float, the demo network does 77% of its multiply-adds in int8 (the head: a 3 x 3 Conv 128 ->
+    128 and the classifier on the 14 x 14 map, of 127.5 M): refused under a floor of 80%."""
+    line = refuse(capsys, tmp_path / "out", "--calibration-data", str(synth), "--calibration-images", "8",
+                  "--held-out-images", "8", "--float-head", "--min-int8-macs", "0.8", "--force")
+    share = 1 - 196 * (128 * 128 * 9 + 128 * 8) / 127_547_392
+    assert line == (f"spa-quantize: only {share:.1%} of the multiply-adds run in int8, under the floor of 80% "
+                    "(--min-int8-macs): this is not an int8 model; no card written")
