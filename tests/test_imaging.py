@@ -314,7 +314,7 @@ def test_decode_memory_bounds_what_decoding_takes() -> None:
     for name, data in cost_cases().items():
         header = read_header(data, max_pixels=MAX)
         estimate = decode_memory(header, INPUT)
-        measured = peak_growth(lambda: decode_for_model(data, max_pixels=MAX, input_size=INPUT))
+        measured = peak_growth(lambda data=data: decode_for_model(data, max_pixels=MAX, input_size=INPUT))
         assert measured <= estimate, f"{name}: measured {measured / 1e6:.1f} MB over the estimate {estimate / 1e6:.1f}"
         assert estimate <= 1.5 * measured + 4e6, f"{name}: estimate {estimate / 1e6:.1f} MB, measured {measured / 1e6:.1f}"
 
