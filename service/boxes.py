@@ -45,16 +45,6 @@ def _projection_boxes(rows: Array, cols: Array) -> Array:
     return xp.where(rows.any(axis=1)[:, None], boxes, 0)
 
 
-def component_boxes(heatmap: Array, threshold: float, mode: Literal["largest", "all"]) -> list[Box]:
-    """Boxes of the 8-connected components of pixels >= threshold in one (H, W) heatmap (host side).
-
-    largest: [the box of the component with the most pixels] (ties: cv2's lowest label, which
-    follows its scan order). all: every component's box by pixel count, descending (ties by
-    label). [] when no pixel passes.
-    """
-    return _mask_component_boxes((to_numpy(heatmap) >= threshold).astype(np.uint8), mode)
-
-
 def _mask_component_boxes(mask: np.ndarray, mode: Literal["largest", "all"]) -> list[Box]:
     # 16-bit labels halve the label image of a large mask; a heatmap resized from an h x w map
     # has O(h * w) components, far below 65,535.
@@ -75,23 +65,6 @@ def _mask_component_boxes(mask: np.ndarray, mode: Literal["largest", "all"]) -> 
 def _stat_box(stat: np.ndarray) -> Box:
     x, y = int(stat[cv2.CC_STAT_LEFT]), int(stat[cv2.CC_STAT_TOP])
     return (x, y, x + int(stat[cv2.CC_STAT_WIDTH]) - 1, y + int(stat[cv2.CC_STAT_HEIGHT]) - 1)
-
-
-def boxes_from_heatmaps(heatmaps: Array, threshold: float, mode: BoxMode = "union") -> list[list[Box]]:
-    """(K, H, W) heatmaps -> boxes per map.
-
-    union and largest: exactly one box per map, (0, 0, 0, 0) when nothing passes (as the
-    authors' code does). all: one box per component, [] when nothing passes.
-    """
-    if mode == "union":
-        return [[tuple(box)] for box in to_numpy(union_boxes(heatmaps, threshold)).tolist()]
-    if mode not in ("largest", "all"):
-        raise ValueError(f"unknown box mode {mode!r}")
-    result = []
-    for heatmap in to_numpy(heatmaps):
-        boxes = component_boxes(heatmap, threshold, mode)
-        result.append(boxes if boxes or mode == "all" else [EMPTY_BOX])
-    return result
 
 
 def boxes_of_maps(maps: Array, size: tuple[int, int], threshold: float, mode: BoxMode = "union") -> list[list[Box]]:

@@ -1,4 +1,5 @@
-"""service/boxes.py against an explicit-loop implementation and hand-made cases."""
+"""service/boxes.py against explicit loops, full-size boxes (tests/box_oracles.py) and hand-made cases.
+`service_boxes` is the service's own, on maps at their own size (where the resize is the identity)."""
 
 from __future__ import annotations
 
@@ -7,48 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spa_service.boxes import EMPTY_BOX, boxes_from_heatmaps, boxes_of_maps, component_boxes, union_boxes
+from box_oracles import full_size_boxes, loop_components, loop_union_box
+
+from spa_service.boxes import EMPTY_BOX, boxes_of_maps, union_boxes
 from spa_service.resize import resize_maps
 
 FAST = settings(max_examples=80, deadline=None)
 
 
-# --- loop implementation: pixel by pixel, no numpy search helpers -----------------------------
-
-
-def loop_union_box(heatmap: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
-    height, width = heatmap.shape
-    x0, y0, x1, y1 = width, height, -1, -1
-    for y in range(height):
-        for x in range(width):
-            if heatmap[y, x] >= threshold:
-                x0, y0, x1, y1 = min(x0, x), min(y0, y), max(x1, x), max(y1, y)
-    return EMPTY_BOX if x1 < 0 else (x0, y0, x1, y1)
-
-
-def loop_components(heatmap: np.ndarray, threshold: float) -> list[tuple[int, tuple[int, int, int, int]]]:
-    """(pixel count, box) of each 8-connected component, found by flood fill in raster order."""
-    height, width = heatmap.shape
-    seen = [[False] * width for _ in range(height)]
-    found = []
-    for y in range(height):
-        for x in range(width):
-            if seen[y][x] or heatmap[y, x] < threshold:
-                continue
-            seen[y][x] = True
-            stack, count, box = [(y, x)], 0, [x, y, x, y]
-            while stack:
-                cy, cx = stack.pop()
-                count += 1
-                box = [min(box[0], cx), min(box[1], cy), max(box[2], cx), max(box[3], cy)]
-                for dy in (-1, 0, 1):
-                    for dx in (-1, 0, 1):
-                        ny, nx = cy + dy, cx + dx
-                        if 0 <= ny < height and 0 <= nx < width and not seen[ny][nx] and heatmap[ny, nx] >= threshold:
-                            seen[ny][nx] = True
-                            stack.append((ny, nx))
-            found.append((count, tuple(box)))
-    return found
+def service_boxes(heatmaps: np.ndarray, threshold: float, mode: str) -> list[list[tuple[int, int, int, int]]]:
+    return boxes_of_maps(heatmaps, heatmaps.shape[-2:], threshold, mode)
 
 
 # --- hand-made cases ---------------------------------------------------------------------------
@@ -63,11 +32,11 @@ def two_blobs() -> np.ndarray:
 
 def test_two_blobs() -> None:
     heatmap = two_blobs()
-    assert boxes_from_heatmaps(heatmap[None], 0.5, "all") == [[(3, 2, 12, 9), (24, 15, 26, 17)]]
-    assert boxes_from_heatmaps(heatmap[None], 0.5, "largest") == [[(3, 2, 12, 9)]]
-    assert boxes_from_heatmaps(heatmap[None], 0.5, "union") == [[(3, 2, 26, 17)]]
+    assert service_boxes(heatmap[None], 0.5, "all") == [[(3, 2, 12, 9), (24, 15, 26, 17)]]
+    assert service_boxes(heatmap[None], 0.5, "largest") == [[(3, 2, 12, 9)]]
+    assert service_boxes(heatmap[None], 0.5, "union") == [[(3, 2, 26, 17)]]
     # Above 0.6 only the big blob is left.
-    assert boxes_from_heatmaps(heatmap[None], 0.7, "all") == [[(3, 2, 12, 9)]]
+    assert service_boxes(heatmap[None], 0.7, "all") == [[(3, 2, 12, 9)]]
 
 
 def test_all_sorts_by_area_not_position() -> None:
@@ -75,42 +44,42 @@ def test_all_sorts_by_area_not_position() -> None:
     heatmap[0, 0] = 1.0  # first in raster order, smallest
     heatmap[5:8, 5:10] = 1.0
     heatmap[10:12, 0:2] = 1.0
-    assert component_boxes(heatmap, 0.5, "all") == [(5, 5, 9, 7), (0, 10, 1, 11), (0, 0, 0, 0)]
-    assert component_boxes(heatmap, 0.5, "largest") == [(5, 5, 9, 7)]
+    assert service_boxes(heatmap[None], 0.5, "all")[0] == [(5, 5, 9, 7), (0, 10, 1, 11), (0, 0, 0, 0)]
+    assert service_boxes(heatmap[None], 0.5, "largest")[0] == [(5, 5, 9, 7)]
 
 
 @pytest.mark.parametrize("mode", ["union", "largest", "all"])
 def test_nothing_above_threshold(mode: str) -> None:
     heatmaps = np.full((2, 7, 9), 0.3, dtype=np.float32)
     expected = [[]] * 2 if mode == "all" else [[EMPTY_BOX]] * 2
-    assert boxes_from_heatmaps(heatmaps, 0.31, mode) == expected
+    assert service_boxes(heatmaps, 0.31, mode) == expected
 
 
 @pytest.mark.parametrize("mode", ["union", "largest", "all"])
 def test_full_image(mode: str) -> None:
-    assert boxes_from_heatmaps(np.ones((1, 7, 9), dtype=np.float32), 0.5, mode) == [[(0, 0, 8, 6)]]
+    assert service_boxes(np.ones((1, 7, 9), dtype=np.float32), 0.5, mode) == [[(0, 0, 8, 6)]]
 
 
 @pytest.mark.parametrize("mode", ["union", "largest", "all"])
 def test_single_pixel(mode: str) -> None:
     heatmap = np.zeros((1, 10, 8), dtype=np.float32)
     heatmap[0, 3, 5] = 0.4
-    assert boxes_from_heatmaps(heatmap, 0.4, mode) == [[(5, 3, 5, 3)]]
+    assert service_boxes(heatmap, 0.4, mode) == [[(5, 3, 5, 3)]]
 
 
 @pytest.mark.parametrize("mode", ["union", "largest", "all"])
 def test_threshold_equal_to_a_value_counts(mode: str) -> None:
     heatmap = np.zeros((1, 6, 6), dtype=np.float32)
     heatmap[0, 1:3, 2:5] = np.float32(0.25)
-    assert boxes_from_heatmaps(heatmap, 0.25, mode) == [[(2, 1, 4, 2)]]
-    assert boxes_from_heatmaps(heatmap, np.nextafter(np.float32(0.25), np.float32(1)), mode) == [
+    assert service_boxes(heatmap, 0.25, mode) == [[(2, 1, 4, 2)]]
+    assert service_boxes(heatmap, np.nextafter(np.float32(0.25), np.float32(1)), mode) == [
         [] if mode == "all" else [EMPTY_BOX]
     ]
 
 
 def test_diagonal_neighbours_are_one_component() -> None:
     heatmap = np.eye(5, dtype=np.float32)
-    assert component_boxes(heatmap, 0.5, "all") == [(0, 0, 4, 4)]
+    assert service_boxes(heatmap[None], 0.5, "all")[0] == [(0, 0, 4, 4)]
 
 
 def test_union_boxes_batched_with_an_empty_map() -> None:
@@ -124,7 +93,7 @@ def test_union_boxes_batched_with_an_empty_map() -> None:
 
 def test_unknown_mode_raises() -> None:
     with pytest.raises(ValueError):
-        boxes_from_heatmaps(np.zeros((1, 3, 3), dtype=np.float32), 0.5, "biggest")  # type: ignore[arg-type]
+        service_boxes(np.zeros((1, 3, 3), dtype=np.float32), 0.5, "biggest")  # type: ignore[arg-type]
 
 
 # --- properties --------------------------------------------------------------------------------
@@ -168,9 +137,9 @@ def test_union_matches_loops_and_is_tight(case: tuple[np.ndarray, float]) -> Non
 @FAST
 def test_components_match_loops_and_lie_inside_the_union(case: tuple[np.ndarray, float]) -> None:
     heatmaps, threshold = case
-    unions = boxes_from_heatmaps(heatmaps, threshold, "union")
-    every = boxes_from_heatmaps(heatmaps, threshold, "all")
-    largest = boxes_from_heatmaps(heatmaps, threshold, "largest")
+    unions = service_boxes(heatmaps, threshold, "union")
+    every = service_boxes(heatmaps, threshold, "all")
+    largest = service_boxes(heatmaps, threshold, "largest")
     for heatmap, [union], boxes, [biggest] in zip(heatmaps, unions, every, largest, strict=True):
         expected = loop_components(heatmap, threshold)
         areas = {box: count for count, box in expected}
@@ -194,7 +163,7 @@ def test_components_match_loops_and_lie_inside_the_union(case: tuple[np.ndarray,
 )
 def test_boxes_of_maps_equal_boxes_of_the_full_size_heatmaps(seed, map_size, size, threshold, mode) -> None:
     maps = np.random.default_rng(seed).random((3, *map_size), dtype=np.float32) ** 2
-    assert boxes_of_maps(maps, size, threshold, mode) == boxes_from_heatmaps(resize_maps(maps, size), threshold, mode)
+    assert boxes_of_maps(maps, size, threshold, mode) == full_size_boxes(resize_maps(maps, size), threshold, mode)
 
 
 def test_boxes_of_maps_band_by_band_on_a_large_image() -> None:
@@ -205,4 +174,4 @@ def test_boxes_of_maps_band_by_band_on_a_large_image() -> None:
     size = (3000, 2500)
     full = resize_maps(maps, size)
     for mode in ("union", "largest", "all"):
-        assert boxes_of_maps(maps, size, 0.5, mode) == boxes_from_heatmaps(full, 0.5, mode)
+        assert boxes_of_maps(maps, size, 0.5, mode) == full_size_boxes(full, 0.5, mode)

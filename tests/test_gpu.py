@@ -14,9 +14,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from box_oracles import full_size_boxes
 from scg_loops import make_class_maps, make_features
 from spa_service.arrays import cupy_available, to_numpy
-from spa_service.boxes import boxes_from_heatmaps
+from spa_service.boxes import union_boxes
 from spa_service.card import PRESETS
 from spa_service.resize import resize_maps, roundtrip_maps
 from spa_service.scg import normalize_cam, scg_maps, structure_affinity
@@ -59,8 +60,9 @@ def test_cupy_matches_numpy(size: tuple[int, int], channels: tuple[int, int], mo
     on_gpu = pipeline(cupy, features, class_maps, (375, 500), mode)
     assert isinstance(on_gpu, cupy.ndarray)
     np.testing.assert_allclose(to_numpy(on_gpu), on_cpu, atol=1e-5)
+    assert to_numpy(union_boxes(on_gpu, 0.25)).tolist() == union_boxes(on_cpu, 0.25).tolist()  # on the device
     for mode in ("union", "largest", "all"):
-        assert boxes_from_heatmaps(on_gpu, 0.25, mode) == boxes_from_heatmaps(on_cpu, 0.25, mode)
+        assert full_size_boxes(on_gpu, 0.25, mode) == full_size_boxes(on_cpu, 0.25, mode)
 
 
 @needs_cuda_provider

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spa_service.boxes import component_boxes, union_boxes
+from box_oracles import full_size_boxes
+
+from spa_service.boxes import union_boxes
 from spa_service.evaluation import metrics as m
 from spa_service.evaluation.datasets import MaskLevels
 from spa_service.evaluation.tally import MethodTally
@@ -126,7 +128,7 @@ def test_contour_boxes_include_every_component_box() -> None:
     for _ in range(10):
         heat = rng.random((15, 17)).astype(np.float32)
         contours = {tuple(b) for b in m.contour_boxes(heat >= 0.6).tolist()}
-        assert set(component_boxes(heat, 0.6, "all")) <= contours
+        assert set(full_size_boxes(heat[None], 0.6, "all")[0]) <= contours
 
 
 def test_max_box_acc_counts_any_component() -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 from service_helpers import make_image, serving
 
 from spa_service.app import create_app
-from spa_service.boxes import boxes_from_heatmaps
+from box_oracles import full_size_boxes
 from spa_service.imaging import decode_image
 from spa_service.localize import Localizer, LocalizeOptions
 from spa_service.render import render_localization
@@ -63,7 +63,7 @@ def test_postprocess_of_a_36_mp_image_allocates_no_full_size_maps(tiny_model_dir
     # The boxes are those of the full-size heatmaps, here made on purpose for one class.
     prediction = result.predictions[0]
     threshold = localizer.card.box_threshold["scg"]
-    assert prediction.boxes == boxes_from_heatmaps(resize_maps(prediction.map[None], BIG), threshold, "largest")[0]
+    assert prediction.boxes == full_size_boxes(resize_maps(prediction.map[None], BIG), threshold, "largest")[0]
     tracemalloc.start()
     try:
         render_localization(result, model_name="m", heatmap="png", heatmap_max_side=2048, timings_ms={})
