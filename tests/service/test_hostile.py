@@ -240,6 +240,7 @@ def post_image(url: str, data: bytes, content_type: str = "image/png") -> httpx.
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
+@pytest.mark.system
 def test_uploads_that_cost_far_more_than_their_bytes(server: Server) -> None:
     pid = server.process.pid
     assert post_image(server.url, make_image(0)).status_code == 200
@@ -284,6 +285,7 @@ def text_bomb_png(seed: int) -> bytes:
     return small[:33] + chunks + small[33:]
 
 
+@pytest.mark.system
 def test_text_chunk_flood_leaves_the_loop_free(server: Server) -> None:
     answers: list[httpx.Response] = []
 
@@ -318,6 +320,7 @@ def hang_up_after(url: str, data: bytes, seconds: float, ready: threading.Barrie
         time.sleep(seconds)  # the client's patience, not a wait for the server
 
 
+@pytest.mark.system
 def test_work_for_clients_that_left_is_dropped(server: Server) -> None:
     photo = Image.open(DATA / "chelsea.jpg").convert("RGB").resize((4000, 3000), Image.BICUBIC)
     heavy = encode(photo, "JPEG", quality=90)
@@ -397,6 +400,7 @@ CLEAN_CODES = {"image_too_large", "not_an_image", "truncated_image", "unsupporte
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=mutated())
+@pytest.mark.system
 def test_mutated_images_get_a_clean_answer(server: Server, data: bytes) -> None:
     response = post_image(server.url, data, "application/octet-stream")
     assert response.status_code == 200 or (400 <= response.status_code < 500 and response.json()["error"]["code"] in CLEAN_CODES), (

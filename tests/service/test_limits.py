@@ -73,6 +73,7 @@ def test_postprocess_of_a_36_mp_image_allocates_no_full_size_maps(tiny_model_dir
     assert peak < 30e6, f"PNGs: {peak / 1e6:.0f} MB"  # one 2048 x 2048 uint8 page + its PNG at a time
 
 
+@pytest.mark.system
 def test_a_36_mp_request_for_every_class_stays_within_its_memory_bound(tmp_path: Path) -> None:
     data = big_jpeg()
     with spa_serve(BUNDLED_MODEL_DIR, tmp_path / "server.log") as server:
@@ -126,6 +127,7 @@ def read_until_closed(sock: socket.socket) -> bytes:
     return received
 
 
+@pytest.mark.system
 def test_trickled_body_and_trickled_head_are_cut_off_while_others_are_served(tiny_model_dir: Path, tmp_path: Path) -> None:
     env = {"SPA_BODY_DEADLINE_S": "2", "SPA_BODY_TIMEOUT_S": "30", "SPA_HEAD_TIMEOUT_S": "1.5"}
     with spa_serve(tiny_model_dir, tmp_path / "server.log", **env) as server:
@@ -165,6 +167,7 @@ def test_trickled_body_and_trickled_head_are_cut_off_while_others_are_served(tin
         assert closed["head"] < 10
 
 
+@pytest.mark.system
 def test_a_stalled_upload_during_a_drain_gets_the_json_503(tiny_model_dir: Path, tmp_path: Path) -> None:
     with spa_serve(tiny_model_dir, tmp_path / "server.log", SPA_SHUTDOWN_TIMEOUT_S="4") as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
