@@ -218,9 +218,8 @@ def photo_server(playwright_api: object, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_real_photo_model_side_by_side(new_page: Callable[..., Page], photo_server: Server, tmp_path: Path) -> None:
-    """The real-photo model on one of its samples, top 3, both methods: each canvas as the API answers."""
+    """The real-photo model on one of its samples, both methods: each canvas as the API answers."""
     page = open_demo(new_page, photo_server)
-    page.fill("#topk", "3")
     page.check("#compare")  # no image yet: nothing is sent
     samples = page.locator("#samples button", has_text=SCREENSHOT_SAMPLE)
     sent = record_localize_requests(page)
