@@ -1,9 +1,12 @@
-"""Dynamic micro-batching: concurrent requests share one `Localizer.localize` call.
+"""Dynamic micro-batching: concurrent requests share one backbone call.
 
 Requests enqueue (image, options) jobs on the event loop; one collector task takes up to
 `max_batch_size` jobs, waiting at most `max_delay_s` after the oldest one arrived for more
 (Triton's `max_queue_delay`), and runs the batch in a single worker thread: onnxruntime
-already uses every core, so two batches at once would only fight over them. The queue is
+already uses every core, so two batches at once would only fight over them. Given a `finish`
+step (`Localizer.postprocess`), the worker thread runs only the backbone and the batch is
+finished in the `finisher` pool, so the next batch's backbone overlaps the last one's
+post-process instead of waiting for it. The queue is
 bounded so that overload is answered at once (`Overloaded`) instead of piling up. Jobs whose
 request was cancelled (its client hung up) are skipped, and make room in the queue. Should the
 collector itself ever fail, every job waiting on it fails with `ModelUnavailable` and the owner
@@ -17,9 +20,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .errors import ModelUnavailable, Overloaded, ShuttingDown
 from .imaging import DecodedImage
@@ -28,8 +31,12 @@ from .localize import Localization, LocalizeOptions
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-LocalizeFn = Callable[[Sequence[DecodedImage], Sequence[LocalizeOptions]], list[Localization]]
+# Without a finish step: the whole pipeline, one Localization per image. With one: the backbone
+# stage, whose result (a BackboneRun) `finish(result, options)` turns into the Localizations.
+LocalizeFn = Callable[[Sequence[DecodedImage], Sequence[LocalizeOptions]], Any]
+FinishFn = Callable[[Any, Sequence[LocalizeOptions]], list[Localization]]
 BatchObserver = Callable[[int, float], None]
+MoreComing = Callable[[], bool]
 FailureObserver = Callable[[ModelUnavailable], None]
 
 
@@ -51,7 +58,10 @@ class MicroBatcher:
     """Gathers jobs into batches and runs them, one batch at a time, in one worker thread.
 
     `on_batch(size, seconds)` is called on the event loop after every backbone call;
-    `on_failure(error)` once, if the collector stops on an unexpected error.
+    `on_failure(error)` once, if the collector stops on an unexpected error. With `finish`,
+    `localize` is the backbone stage and `finish` runs in `finisher` (default: the loop's pool).
+    `more_coming()`, if given, says whether any image is on its way to the queue (being read or
+    decoded): when none is, a batch starts at once instead of waiting out the window for nobody.
     """
 
     def __init__(
@@ -64,8 +74,15 @@ class MicroBatcher:
         on_batch: BatchObserver | None = None,
         on_failure: FailureObserver | None = None,
         worker: ThreadPoolExecutor | None = None,
+        finish: FinishFn | None = None,
+        finisher: Executor | None = None,
+        more_coming: MoreComing | None = None,
     ) -> None:
         self._localize = localize
+        self._finish = finish
+        self._finisher = finisher
+        self._more_coming = more_coming
+        self._finishing: set[asyncio.Task[None]] = set()  # batches past the backbone, being finished
         self._max_batch_size = max_batch_size
         self._max_delay_s = max_delay_s
         self._max_queue_size = max_queue_size
@@ -119,6 +136,8 @@ class MicroBatcher:
         self._arrived.set()
         if self._collector is not None:
             await self._collector
+        while self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
         if self._owns_worker:
             await asyncio.get_running_loop().run_in_executor(None, self._worker.shutdown)
 
@@ -160,6 +179,8 @@ class MicroBatcher:
         """Wait for more jobs until the batch is full or the oldest job has waited max_delay_s."""
         deadline = self._pending[0].enqueued + self._max_delay_s
         while self._accepting and len(self._pending) < self._max_batch_size:
+            if self._more_coming is not None and not self._more_coming():
+                return
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return
@@ -180,30 +201,60 @@ class MicroBatcher:
     async def _execute(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
         try:
-            results = await self.run_exclusive(lambda: self._run(batch))
+            result = await self.run_exclusive(lambda: self._run(batch))
         except Exception as exc:  # noqa: BLE001 - delivered to the requests, never lost
-            if len(batch) == 1:
-                _deliver_error(batch[0], exc)
-            else:
-                # One bad image must not fail the others it happened to share a batch with.
-                log.warning("batch of %d failed (%s: %s); retrying one by one", len(batch), type(exc).__name__, exc)
-                for job in batch:
-                    await self._execute([job])
+            await self._failed_batch(batch, exc)
             return
         if self._on_batch is not None:
             try:
                 self._on_batch(len(batch), time.perf_counter() - started)
             except Exception:  # noqa: BLE001 - an observer must never stop the collector
                 log.exception("batch observer failed")
+        if self._finish is None:
+            self._deliver(batch, result, started)
+            return
+        # Not awaited: the collector goes on to the next batch while this one is finished.
+        task = asyncio.create_task(self._finish_batch(batch, result, started), name="spa-finish")
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish_batch(self, batch: list[_Job], run: Any, started: float) -> None:
+        if all(job.future.done() for job in batch):  # every request went away: nothing to finish
+            return
+        options = [job.options for job in batch]
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._finisher, self._finish, run, options)
+            _check_count(results, batch)
+        except Exception as exc:  # noqa: BLE001 - delivered to the requests, never lost
+            await self._failed_batch(batch, exc)
+            return
+        self._deliver(batch, results, started)
+
+    async def _failed_batch(self, batch: list[_Job], exc: Exception) -> None:
+        if len(batch) == 1:
+            _deliver_error(batch[0], exc)
+            return
+        # One bad image must not fail the others it happened to share a batch with.
+        log.warning("batch of %d failed (%s: %s); retrying one by one", len(batch), type(exc).__name__, exc)
+        for job in batch:
+            await self._execute([job])
+
+    @staticmethod
+    def _deliver(batch: list[_Job], results: list[Localization], started: float) -> None:
         for job, result in zip(batch, results):
             if not job.future.done():
                 job.future.set_result(Batched(result, (started - job.enqueued) * 1e3))
 
-    def _run(self, batch: list[_Job]) -> list[Localization]:
-        results = self._localize([job.image for job in batch], [job.options for job in batch])
-        if len(results) != len(batch):
-            raise RuntimeError(f"localize returned {len(results)} results for {len(batch)} images")
-        return results
+    def _run(self, batch: list[_Job]) -> Any:
+        result = self._localize([job.image for job in batch], [job.options for job in batch])
+        if self._finish is None:
+            _check_count(result, batch)
+        return result
+
+
+def _check_count(results: list[Localization], batch: list[_Job]) -> None:
+    if len(results) != len(batch):
+        raise RuntimeError(f"localize returned {len(results)} results for {len(batch)} images")
 
 
 def _deliver_error(job: _Job, exc: Exception) -> None:

@@ -57,6 +57,10 @@ _BAND_BYTES = 24 * BAND_PIXELS  # a band's copies: Pillow's, numpy's, two in int
 # Measured over the steps' pixel bytes (tests/test_imaging.py): allocator and libraries, up to 12 %
 # of them plus about a megabyte.
 _OVERHEAD_BYTES = 2 << 20
+# A JPEG at least this many times the model's input on both sides is decoded at a reduced scale
+# (libjpeg's DCT scaling: 1/2, 1/4 or 1/8), never below this multiple of the input, and resized from
+# there: the pixel count the decoder and the resize touch then no longer grows with the photo.
+DRAFT_MARGIN = 2
 _TURNS = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -311,14 +315,32 @@ def _decoding(fmt: str) -> Iterator[None]:
         raise TruncatedImageError(f"the {fmt} image is truncated or corrupt and could not be decoded ({exc})") from None
 
 
-def _decoded(data: bytes, *, max_pixels: int, max_side: int | None, exif_transpose: bool) -> tuple[Image.Image, str]:
+def _draft(image: Image.Image, orientation: int, input_size: tuple[int, int]) -> None:
+    """Let a JPEG decode at the smallest DCT scale that keeps both sides at least DRAFT_MARGIN
+    times the model's `input_size` = (H, W) (turned as the EXIF orientation turns the image)."""
+    height, width = input_size
+    if orientation >= 5:
+        height, width = width, height
+    image.draft(image.mode, (DRAFT_MARGIN * width, DRAFT_MARGIN * height))
+
+
+def _decoded(
+    data: bytes, *, max_pixels: int, max_side: int | None, exif_transpose: bool,
+    draft_for: tuple[int, int] | None = None,
+) -> tuple[Image.Image, str, tuple[int, int]]:
     """The pixels in L (the modes of `_VIA_L`) or RGB, turned by the EXIF orientation at the
-    narrower of their own mode and that one, and the format. One step after another rebinds
-    `image`, so each source is freed as soon as its successor exists (the peaks of `decode_memory`)."""
+    narrower of their own mode and that one, the format, and the (H, W) of the full-scale image.
+    With `draft_for` (the model's input size), a large JPEG is decoded at a reduced scale (`_draft`).
+    One step after another rebinds `image`, so each source is freed as soon as its successor
+    exists (the peaks of `decode_memory`)."""
     image = _open(data, max_pixels=max_pixels, max_side=max_side)
     fmt = image.format or "unknown"
-    turn = _TURNS.get(_orientation(image)) if exif_transpose else None
+    orientation = _orientation(image) if exif_transpose else 1
+    turn = _TURNS.get(orientation)
+    full_size = (image.width, image.height) if orientation >= 5 else (image.height, image.width)
     with _decoding(fmt):
+        if draft_for is not None and fmt in ("JPEG", "MPO"):
+            _draft(image, orientation, draft_for)
         image.load()
         if turn is not None and _PIXEL_BYTES.get(image.mode, 4) <= (1 if image.mode in _VIA_L else 4):
             image, turn = image.transpose(turn), None
@@ -332,7 +354,7 @@ def _decoded(data: bytes, *, max_pixels: int, max_side: int | None, exif_transpo
             image = image.convert("RGB")
         if turn is not None:
             image = image.transpose(turn)
-    return image, fmt
+    return image, fmt, full_size
 
 
 def decode_image(data: bytes, *, max_pixels: int, exif_transpose: bool = True) -> DecodedImage:
@@ -344,20 +366,25 @@ def decode_image(data: bytes, *, max_pixels: int, exif_transpose: bool = True) -
     Raises EmptyImageError, NotAnImageError, UnsupportedFormatError, ImageTooLargeError or
     TruncatedImageError, each with a message that says what was wrong.
     """
-    image, fmt = _decoded(data, max_pixels=max_pixels, max_side=None, exif_transpose=exif_transpose)
+    image, fmt, _ = _decoded(data, max_pixels=max_pixels, max_side=None, exif_transpose=exif_transpose)
     with _decoding(fmt):
         image = image if image.mode == "RGB" else image.convert("RGB")
     return DecodedImage(image=image, format=fmt)
 
 
 def decode_for_model(
-    data: bytes, *, max_pixels: int, input_size: tuple[int, int], max_side: int | None = None
+    data: bytes, *, max_pixels: int, input_size: tuple[int, int], max_side: int | None = None, draft: bool = False
 ) -> DecodedImage:
     """`decode_image`, then resized to the model's `input_size` = (H, W) as `preprocess` does,
     holding at most `decode_memory` of its header on the way; `original_size` is the decoded
-    image's (H, W). `preprocess` gives the same model input for it as for `decode_image`'s."""
-    image, fmt = _decoded(data, max_pixels=max_pixels, max_side=max_side, exif_transpose=True)
-    original_size = (image.height, image.width)
+    image's (H, W). `preprocess` gives the same model input for it as for `decode_image`'s.
+
+    `draft=True`: a JPEG several times the input is decoded at a reduced DCT scale and resized from
+    there (`DRAFT_MARGIN`); different pixels, a fraction of the cost (agreement: docs/performance.md).
+    `original_size` stays the full-scale image's, so boxes and heatmaps keep its coordinates."""
+    image, fmt, original_size = _decoded(
+        data, max_pixels=max_pixels, max_side=max_side, exif_transpose=True, draft_for=input_size if draft else None
+    )
     with _decoding(fmt):
         image = image.resize((input_size[1], input_size[0]), Image.BILINEAR)
         image = image if image.mode == "RGB" else image.convert("RGB")

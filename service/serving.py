@@ -3,8 +3,8 @@ CPU work around it (reading headers, decoding, PNG encoding) in the process's sm
 so the event loop only routes.
 
 A request flows: image headers (read off the loop) -> admission (cost known before any
-decoding) -> decode, straight to the model's input size -> micro-batcher (backbone +
-post-process) -> render. Each image's outcome is its own: a failure on one is that image's error.
+decoding) -> decode, straight to the model's input size -> micro-batcher (the backbone on the
+inference thread; the post-process in the CPU pool, overlapping the next batch's backbone) -> render. Each image's outcome is its own: a failure on one is that image's error.
 A request cancelled because its client hung up (middleware.CancelOnDisconnect) drops its queued
 decodes, backbone jobs and PNGs, and counts its images in `spa_images_dropped`.
 """
@@ -51,6 +51,19 @@ class Processed:
     batch_size: int  # the largest backbone batch these images were part of
 
 
+class _Arriving:
+    """One request's images counted in `Service._arriving` until they reach the queue (or fail)."""
+
+    def __init__(self, service: Service, count: int) -> None:
+        self._service = service
+        self._count = count
+        service._arriving += count
+
+    def done(self) -> None:
+        self._service._arriving -= self._count
+        self._count = 0
+
+
 class Service:
     """One model, served: start / stop, readiness, and `process` for the routes.
 
@@ -82,18 +95,22 @@ class Service:
         self.ready = False
         self.not_ready_reason = "warming up"
         self._warmup: asyncio.Task[None] | None = None
+        self._arriving = 0  # images of requests in flight not yet in the batcher's queue
 
     async def start(self) -> None:
         """Start serving; readiness follows once the warm-up inference is done."""
         localizer = self.localizer
         self.batcher = MicroBatcher(
-            localizer.localize,
+            lambda images, _options: localizer.run_backbone(images),
             max_batch_size=min(self.settings.max_batch_size, localizer.max_batch_size),
             max_delay_s=self.settings.max_queue_delay_ms / 1000.0,
             max_queue_size=self.settings.max_queue_size,
             on_batch=partial(self.metrics.observe_batch, self.name),
             on_failure=self._batcher_failed,
             worker=self.worker,
+            finish=localizer.postprocess,
+            finisher=self.cpu,
+            more_coming=lambda: self._arriving > 0,
         )
         self.metrics.ready.labels(self.name).set(0)
         self.metrics.track_queue(self.name, lambda: self.batcher.queue_depth)
@@ -174,6 +191,7 @@ class Service:
         loop = asyncio.get_running_loop()
         outcomes: list[LocalizeResponse | ImageError | None] = [None] * len(payloads)
         ticket: Ticket | None = None
+        arriving = _Arriving(self, len(payloads))
         try:
             headers = await loop.run_in_executor(self.cpu, self._read_headers, payloads)
             admitted: dict[int, ImageHeader] = {}
@@ -183,11 +201,12 @@ class Service:
                 else:
                     admitted[i] = header
             ticket = self.admission.admit(sum(self._work_mp(h.size, params, options) for h in admitted.values()))
-            batch_size = await self._localize(payloads, admitted, outcomes, params, options, started)
+            batch_size = await self._localize(payloads, admitted, outcomes, params, options, started, arriving)
         except asyncio.CancelledError:
             self.metrics.images_dropped.labels(self.name).inc(sum(outcome is None for outcome in outcomes))
             raise
         finally:
+            arriving.done()
             if ticket is not None:
                 ticket.release()
                 if ticket.work_mp >= TRIM_AFTER_MP:
@@ -202,6 +221,7 @@ class Service:
         params: LocalizeParams,
         options: LocalizeOptions,
         started: float,
+        arriving: _Arriving,
     ) -> int:
         """Decode, localize and render the admitted images into `outcomes`; the largest batch size."""
         decoded = await asyncio.gather(*(self._decode(payloads[i], header) for i, header in admitted.items()))
@@ -212,6 +232,7 @@ class Service:
             else:
                 jobs.append((i, image, decode_ms))
         del decoded
+        arriving.done()
         futures = self.batcher.submit([(image, options) for _, image, _ in jobs])
         results = await asyncio.gather(*futures, return_exceptions=True)
         done: list[tuple[int, Batched, float]] = []
@@ -244,6 +265,7 @@ class Service:
                 max_pixels=settings.max_image_pixels,
                 input_size=self.localizer.card.input_size,
                 max_side=settings.max_image_side,
+                draft=settings.jpeg_draft,
             )
         except ImageError as exc:
             return exc

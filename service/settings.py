@@ -59,6 +59,10 @@ class Settings(BaseSettings):
         description="Most memory one image may need to decode, MB, estimated from its header (413 above; see README)",
     )
     max_batch_images: int = Field(16, ge=1, description="Most images in one /v1/localize/batch request")
+    jpeg_draft: bool = Field(
+        False, description="Decode a JPEG several times the model's input at a reduced DCT scale (1/2 to 1/8), "
+        "then resize: big photos at small-photo cost, slightly different pixels (docs/performance.md)"
+    )
     heatmap_max_side: int = Field(
         1024, ge=16, description="Long side of returned heatmap PNGs, at most (the maps hold far less detail)"
     )

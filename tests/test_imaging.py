@@ -428,3 +428,47 @@ def test_a_progressive_jpeg_with_zero_sampling_factors_is_an_image_error() -> No
         header = read_header(bytes(data), max_pixels=MAX)
         decode_memory(header, INPUT)
         decode_for_model(bytes(data), max_pixels=MAX, input_size=INPUT)
+
+
+def smooth_photo(width: int, height: int) -> Image.Image:
+    """Smooth content with some texture, as a photo upscaled from a small one."""
+    rng = np.random.default_rng(3)
+    return Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_drafted_jpeg_keeps_its_full_size_and_nearly_its_pixels(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(smooth_photo(2400, 1800), "JPEG", quality=90, exif=exif.tobytes())
+    exact = decode_for_model(data, max_pixels=MAX, input_size=INPUT)
+    drafted = decode_for_model(data, max_pixels=MAX, input_size=INPUT, draft=True)
+    assert (drafted.height, drafted.width) == (exact.height, exact.width) == ((2400, 1800) if orientation == 6 else (1800, 2400))
+    assert drafted.image.size == exact.image.size == (INPUT[1], INPUT[0])
+    difference = np.abs(np.asarray(drafted.image, dtype=np.int16) - np.asarray(exact.image, dtype=np.int16))
+    assert difference.any()  # decoded at a reduced scale: not the exact path's pixels
+    assert difference.mean() < 2.0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(smooth_photo(2 * INPUT[1] * 2 - 1, 2 * INPUT[0] * 2 - 1), "PNG"),  # not a JPEG
+        encode(smooth_photo(4 * INPUT[1] - 1, 2 * INPUT[0] - 1), "JPEG"),  # under twice the input on one side
+    ],
+    ids=["png", "small jpeg"],
+)
+def test_draft_leaves_other_images_to_the_exact_path(data: bytes) -> None:
+    exact = decode_for_model(data, max_pixels=MAX, input_size=INPUT)
+    drafted = decode_for_model(data, max_pixels=MAX, input_size=INPUT, draft=True)
+    np.testing.assert_array_equal(np.asarray(drafted.image), np.asarray(exact.image))
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
+def test_a_drafted_decode_stays_under_the_estimate() -> None:
+    for name, data in cost_cases().items():
+        if "jpeg" not in name:
+            continue
+        estimate = decode_memory(read_header(data, max_pixels=MAX), INPUT)
+        measured = peak_growth(lambda data=data: decode_for_model(data, max_pixels=MAX, input_size=INPUT, draft=True))
+        assert measured <= estimate, f"{name}: measured {measured / 1e6:.1f} MB over the estimate {estimate / 1e6:.1f}"

@@ -148,3 +148,79 @@ async def test_queue_wait_is_reported() -> None:
     assert (await second).queue_ms >= held_ms - 1  # it waited at least as long as the gate was held
     assert (await first).queue_ms < (await second).queue_ms
     await b.close()
+
+
+class Finisher:
+    """A finish step: (backbone result, options) -> the results; held by `gate`, failing on `fail_on`."""
+
+    def __init__(self, gate: threading.Event | None = None, fail_on: object = None) -> None:
+        self.gate = gate
+        self.fail_on = fail_on
+        self.finished: list[list[object]] = []
+
+    def __call__(self, run: list[tuple[object, int]], options: Sequence[object]) -> list[tuple[object, int, str]]:
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if any(image == self.fail_on for image, _ in run):
+            raise ValueError(f"cannot finish {self.fail_on}")
+        self.finished.append([image for image, _ in run])
+        return [(image, n, "finished") for image, n in run]
+
+
+def split_batcher(fn: Recorder, finish: Finisher, *, size: int = 1, delay_ms: float = 1.0) -> MicroBatcher:
+    return MicroBatcher(fn, max_batch_size=size, max_delay_s=delay_ms / 1000, max_queue_size=64, finish=finish)
+
+
+async def test_the_next_backbone_call_overlaps_the_last_finish() -> None:
+    gate = threading.Event()
+    fn, finish = Recorder(), Finisher(gate=gate)
+    b = split_batcher(fn, finish)
+    b.start()
+    futures = b.submit([("a", None), ("b", None)])
+    # "a" is held in its finish step, and "b"'s backbone call runs all the same.
+    await until(lambda: fn.batches == [["a"], ["b"]])
+    assert not any(f.done() for f in futures)
+    gate.set()
+    assert await results(futures) == [("a", 1, "finished"), ("b", 1, "finished")]
+    await b.close()
+
+
+async def test_close_waits_for_batches_being_finished() -> None:
+    gate = threading.Event()
+    b = split_batcher(Recorder(), Finisher(gate=gate))
+    b.start()
+    futures = b.submit([("a", None)])
+    await until(lambda: b.queue_depth == 0)
+    closing = asyncio.create_task(b.close())
+    await asyncio.sleep(0.01)
+    gate.set()
+    await closing
+    assert futures[0].done() and (await results(futures)) == [("a", 1, "finished")]
+
+
+async def test_a_failing_finish_does_not_fail_its_batch_mates() -> None:
+    fn, finish = Recorder(), Finisher(fail_on="bad")
+    b = split_batcher(fn, finish, size=3, delay_ms=60_000)  # the batch runs once full
+    b.start()
+    futures = b.submit([("a", None), ("bad", None), ("c", None)])
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert outcomes[0].localization == ("a", 1, "finished") and outcomes[2].localization == ("c", 1, "finished")
+    assert isinstance(outcomes[1], ValueError)
+    assert fn.batches[0] == ["a", "bad", "c"]  # one backbone call for the three, then one by one
+    await b.close()
+
+
+async def test_no_window_is_waited_for_images_nobody_is_sending() -> None:
+    coming = [True]
+    fn = Recorder()
+    b = MicroBatcher(fn, max_batch_size=8, max_delay_s=60.0, max_queue_size=64, more_coming=lambda: coming[0])
+    b.start()
+    first = b.submit([("a", None)])
+    await asyncio.sleep(0.01)
+    assert not first[0].done()  # another image is on its way: the window is kept open for it
+    coming[0] = False
+    second = b.submit([("b", None)])  # the last one: the batch starts without waiting out the 60 s
+    assert await asyncio.wait_for(results(first + second), 10) == [("a", 2), ("b", 2)]
+    lone = b.submit([("c", None)])
+    assert await asyncio.wait_for(results(lone), 10) == [("c", 1)]
+    await b.close()

@@ -15,7 +15,7 @@ from service_helpers import make_image, png_from_data_uri, reference, serving, u
 
 from spa_service.app import create_app
 from spa_service.imaging import DecodedImage, heatmap_to_uint8
-from spa_service.localize import Localization, Localizer, LocalizeOptions
+from spa_service.localize import BackboneRun, Localizer, LocalizeOptions
 
 pytestmark = pytest.mark.anyio
 
@@ -38,11 +38,11 @@ class SlowLocalizer:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    def localize(self, images: Sequence[DecodedImage], options: Sequence[LocalizeOptions]) -> list[Localization]:
+    def run_backbone(self, images: Sequence[DecodedImage]) -> BackboneRun:
         if self.batch_gate is not None:
             assert self.batch_gate.wait(30)
         time.sleep(self.delay_s)
-        return self.inner.localize(images, options)
+        return self.inner.run_backbone(images)
 
     def warmup(self) -> None:
         if self.gate is not None:

@@ -25,7 +25,7 @@ from service_helpers import make_image, serving, until
 
 from spa_service.app import create_app
 from spa_service.imaging import DecodedImage
-from spa_service.localize import Localization, Localizer, LocalizeOptions
+from spa_service.localize import BackboneRun, Localizer
 from spa_service.settings import BUNDLED_MODEL_DIR, BUNDLED_PHOTO_MODEL_DIR
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -81,14 +81,14 @@ class GatedLocalizer:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    def localize(self, images: Sequence[DecodedImage], options: Sequence[LocalizeOptions]) -> list[Localization]:
+    def run_backbone(self, images: Sequence[DecodedImage]) -> BackboneRun:
         self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(30)
         self.calls.append([image.width for image in images])
         if any(image.width == self.fail_width for image in images):
             raise RuntimeError("the model failed on this image")
-        return self.inner.localize(images, options)
+        return self.inner.run_backbone(images)
 
 
 def asgi_scope(path: str, body: bytes, content_type: str) -> dict:
