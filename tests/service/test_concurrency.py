@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import time
 from collections.abc import Sequence
@@ -10,11 +11,12 @@ from collections.abc import Sequence
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import make_image, png_from_data_uri, reference, serving, until, wait_ready
 
 from spa_service.app import create_app
-from spa_service.imaging import DecodedImage, heatmap_to_uint8
+from spa_service.imaging import DecodedImage, decode_for_model, heatmap_to_uint8
 from spa_service.localize import BackboneRun, Localizer, LocalizeOptions
 
 pytestmark = pytest.mark.anyio
@@ -164,3 +166,28 @@ async def test_shutdown_turns_readiness_off_first_and_drains(settings_for) -> No
         late = await client.post("/v1/localize", files={"image": ("i", make_image(5))})
         assert late.status_code == 503
         assert late.json()["error"]["code"] == "shutting_down"
+
+
+async def test_with_jpeg_draft_a_big_photo_is_answered_in_its_own_coordinates(settings_for) -> None:
+    settings = settings_for(jpeg_draft=True)
+    localizer = Localizer.from_settings(settings)
+    side = 4 * max(localizer.card.input_size)  # decoded at half scale or less
+    pixels = np.random.default_rng(5).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((side * 4 // 3, side), Image.BICUBIC).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    drafted = decode_for_model(data, max_pixels=settings.max_image_pixels, input_size=localizer.card.input_size,
+                               draft=True)
+    expected = localizer.localize([drafted], [LocalizeOptions()])[0]
+    async with serving(create_app(settings, localizer)) as client:
+        response = await client.post("/v1/localize", files={"image": ("big.jpg", data)})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["width"], body["height"]) == (side * 4 // 3, side)
+    assert [p["class_id"] for p in body["predictions"]] == [p.class_id for p in expected.predictions]
+    assert [[tuple(b) for b in p["boxes"]] for p in body["predictions"]] == [p.boxes for p in expected.predictions]
+    heatmap = np.asarray(png_from_data_uri(body["predictions"][0]["heatmap"]))
+    assert heatmap.shape == (side, side * 4 // 3)
+    np.testing.assert_array_equal(heatmap, heatmap_to_uint8(expected.predictions[0].heatmap_at_image_size()))
+    exact = reference(localizer, data).predictions[0].heatmap_at_image_size()
+    assert (heatmap_to_uint8(exact) != heatmap).any()  # the exact path's answer is not the one served
