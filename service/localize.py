@@ -204,8 +204,6 @@ class Localizer:
         """The whole pipeline for a batch: `postprocess(run_backbone(images), options)`."""
         if len(images) != len(options):
             raise ValueError("one LocalizeOptions per image")
-        for opts in options:  # before the backbone: a bad request costs nothing
-            self.validate(opts)
         return self.postprocess(self.run_backbone(images), options)
 
     def _finish(

@@ -78,7 +78,7 @@ async def _localize_one(request: Request, params: LocalizeParams, name: str | No
     service = service_of(request, name)
     options = service.options(params)
     data = await read_one_image(request)
-    processed = await service.process([data], params, options, started)
+    processed = await service.process([data], options, started)
     [outcome] = processed.outcomes
     if isinstance(outcome, ImageError):
         raise outcome
@@ -102,7 +102,7 @@ async def _localize_many(request: Request, params: LocalizeParams, name: str | N
     service = service_of(request, name)
     options = service.options(params)
     payloads = await read_batch_images(request, service.settings.max_batch_images)
-    processed = await service.process(payloads, params, options, started)
+    processed = await service.process(payloads, options, started)
     request.state.images = len(payloads)
     request.state.batch_size = processed.batch_size
     return BatchResponse(

@@ -28,7 +28,7 @@ from .imaging import DecodedImage, ImageHeader, decode_for_model, decode_memory,
 from .localize import Localizer, LocalizeOptions
 from .metrics import Metrics
 from .render import render_localization
-from .schemas import LocalizeParams, LocalizeResponse
+from .schemas import HeatmapFormat, LocalizeParams, LocalizeResponse
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,14 @@ def release_freed_memory() -> None:
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
 
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What one request asks of a model, once its query is read and checked against the model's card."""
+
+    localize: LocalizeOptions
+    heatmap: HeatmapFormat
 
 @dataclass
 class Processed:
@@ -151,14 +159,15 @@ class Service:
             await self.batcher.close()
             log.info("batcher drained")
 
-    def options(self, params: LocalizeParams) -> LocalizeOptions:
+    def options(self, params: LocalizeParams) -> RequestOptions:
+        """The query's options for this model (422 before the body is read when they do not fit it)."""
         options = params.to_options(self.localizer.card.default_method)
         self.localizer.validate(options)
-        return options
+        return RequestOptions(localize=options, heatmap=params.heatmap)
 
-    def _work_mp(self, size: tuple[int, int], params: LocalizeParams, options: LocalizeOptions) -> float:
-        classes = len(options.class_ids) or options.topk
-        png_side = self.settings.heatmap_max_side if params.heatmap == "png" else None
+    def _work_mp(self, size: tuple[int, int], options: RequestOptions) -> float:
+        classes = len(options.localize.class_ids) or options.localize.topk
+        png_side = self.settings.heatmap_max_side if options.heatmap == "png" else None
         return image_work_mp(size, classes, png_max_side=png_side)
 
     def _read_headers(self, payloads: Sequence[bytes]) -> list[ImageHeader | ImageError]:
@@ -179,7 +188,7 @@ class Service:
         return headers
 
     async def process(
-        self, payloads: Sequence[bytes], params: LocalizeParams, options: LocalizeOptions, started: float
+        self, payloads: Sequence[bytes], options: RequestOptions, started: float
     ) -> Processed:
         """Each payload's response, or the ImageError that stopped it. A request's images are
         admitted together (all or none), from their headers, before any is decoded."""
@@ -200,8 +209,8 @@ class Service:
                     outcomes[i] = header
                 else:
                     admitted[i] = header
-            ticket = self.admission.admit(sum(self._work_mp(h.size, params, options) for h in admitted.values()))
-            batch_size = await self._localize(payloads, admitted, outcomes, params, options, started, arriving)
+            ticket = self.admission.admit(sum(self._work_mp(h.size, options) for h in admitted.values()))
+            batch_size = await self._localize(payloads, admitted, outcomes, options, started, arriving)
         except asyncio.CancelledError:
             self.metrics.images_dropped.labels(self.name).inc(sum(outcome is None for outcome in outcomes))
             raise
@@ -218,8 +227,7 @@ class Service:
         payloads: Sequence[bytes],
         admitted: dict[int, ImageHeader],
         outcomes: list[LocalizeResponse | ImageError | None],
-        params: LocalizeParams,
-        options: LocalizeOptions,
+        options: RequestOptions,
         started: float,
         arriving: _Arriving,
     ) -> int:
@@ -233,7 +241,7 @@ class Service:
                 jobs.append((i, image, decode_ms))
         del decoded
         arriving.done()
-        futures = self.batcher.submit([(image, options) for _, image, _ in jobs])
+        futures = self.batcher.submit([(image, options.localize) for _, image, _ in jobs])
         results = await asyncio.gather(*futures, return_exceptions=True)
         done: list[tuple[int, Batched, float]] = []
         for (i, _, decode_ms), result in zip(jobs, results):
@@ -243,7 +251,7 @@ class Service:
                 outcomes[i] = self._failed(result, "localizing")
             else:
                 done.append((i, result, decode_ms))
-        rendered = await asyncio.gather(*(self._render(result, params, ms, started) for _, result, ms in done))
+        rendered = await asyncio.gather(*(self._render(result, options.heatmap, ms, started) for _, result, ms in done))
         for (i, _, _), response in zip(done, rendered):
             outcomes[i] = response
         return max((result.localization.batch_size for _, result, _ in done), default=0)
@@ -276,14 +284,14 @@ class Service:
                 release_freed_memory()
 
     async def _render(
-        self, done: Batched, params: LocalizeParams, decode_ms: float, started: float
+        self, done: Batched, heatmap: HeatmapFormat, decode_ms: float, started: float
     ) -> LocalizeResponse | ImageError:
         encode_started = time.perf_counter()
         render = partial(
             render_localization,
             done.localization,
             model_name=self.name,
-            heatmap=params.heatmap,
+            heatmap=heatmap,
             heatmap_max_side=self.settings.heatmap_max_side,
             timings_ms={"decode": decode_ms, "queue": done.queue_ms},
         )
