@@ -22,7 +22,8 @@ from .admission import Admission
 from .docs import add_offline_docs
 from .http_errors import install_error_handlers
 from .localize import Localizer
-from .metrics import Metrics, ObserveRequests
+from .access_log import ObserveRequests
+from .metrics import Metrics
 from .middleware import API_KEY_HEADER, BodyLimit, CancelOnDisconnect, RequireApiKey
 from .openapi import stated_limits
 from .registry import ModelRegistry

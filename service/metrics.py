@@ -1,4 +1,4 @@
-"""Observability: Prometheus metrics and the one log line per request.
+"""The Prometheus metrics (the access log and the middleware that feeds both are access_log.py).
 
 Each app owns its `CollectorRegistry`, so several apps (tests, embedding) never clash over
 metric names in the process-wide default registry.
@@ -6,27 +6,12 @@ metric names in the process-wide default registry.
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from .schemas import error_content
-
-access_log = logging.getLogger("spa_service.access")
-log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
-# Nginx's code for "client closed the request": no response was sent, so no real status exists.
-CLIENT_CLOSED = 499
-# Probes and scrapes arrive every few seconds: their successes are logged at DEBUG only.
-QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def _batch_buckets(max_batch_size: int) -> list[float]:
@@ -97,81 +82,3 @@ class Metrics:
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-def route_label(scope: Scope, routes: Sequence[BaseRoute]) -> str:
-    """The route template (`/v1/localize`), never the raw path: labels must stay few. Requests
-    refused before routing (401, 413) are matched here."""
-    route = scope.get("route")
-    if route is None:
-        matches = {r.matches(scope)[0]: r for r in reversed(routes)}  # the first route of each kind wins
-        route = matches.get(Match.FULL) or matches.get(Match.PARTIAL)  # PARTIAL: path known, method not
-    return getattr(route, "path", None) or "unmatched"
-
-
-class ObserveRequests:
-    """Outermost middleware: counts and times every request, logs one line for it, and turns an
-    unexpected exception into a logged 500 `internal_error` (the error handlers answer the rest).
-
-    Routes add `image_size`, `images` and `batch_size` to `request.state` for the log line.
-    """
-
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.routes = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        state = scope.setdefault("state", {})
-        status = CLIENT_CLOSED
-        in_progress = self.metrics.in_progress.labels(route_label(scope, self.routes))
-        in_progress.inc()
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_observed)
-        except ClientDisconnect:
-            pass
-        except Exception:
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            if status == CLIENT_CLOSED:
-                status = 500
-                response = JSONResponse(error_content("internal_error", "internal server error"), status_code=500)
-                await response(scope, receive, send)
-        finally:
-            in_progress.dec()
-            self._record(scope, state, status, time.perf_counter() - started)
-
-    def _record(self, scope: Scope, state: Mapping[str, object], status: int, seconds: float) -> None:
-        route = route_label(scope, self.routes)
-        self.metrics.requests.labels(route, str(status)).inc()
-        self.metrics.request_seconds.labels(route).observe(seconds)
-        fields = {
-            "route": route,
-            "method": scope["method"],
-            "status": status,
-            "latency_ms": round(seconds * 1000.0, 1),
-            "image_size": state.get("image_size"),
-            "images": state.get("images"),
-            "batch_size": state.get("batch_size"),
-        }
-        level = logging.DEBUG if route in QUIET_ROUTES and status < 400 else logging.INFO
-        access_log.log(
-            level, " ".join(f"{key}={_format(value)}" for key, value in fields.items() if value is not None),
-            extra=fields,
-        )
-
-
-def _format(value: object) -> str:
-    if isinstance(value, tuple):
-        return "x".join(map(str, value))
-    return str(value)
