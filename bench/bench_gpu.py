@@ -47,7 +47,8 @@ from spa_service.arrays import cupy_available
 from spa_service.card import CARD_FILE, ModelCard, load_card, sha256_of, write_card
 from spa_service.engine import CudaOptions, Engine, available_cores
 from spa_service.errors import ModelLoadError
-from spa_service.imaging import decode_image, encode_heatmap_png
+from spa_service.heatmap_png import encode_heatmap_png
+from spa_service.imaging import decode_image
 from spa_service.localize import Localizer, LocalizeOptions
 from spa_service.scg import normalize_cam, scg_maps, structure_affinity
 

@@ -38,7 +38,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from spa_service.card import load_card
 from spa_service.threads import limit_blas_threads
 from spa_service.engine import Engine
-from spa_service.imaging import decode_image, preprocess
+from spa_service.imaging import decode_image
+from spa_service.preprocess import preprocess
 from spa_service.localize import Localizer, LocalizeOptions
 from spa_service.settings import Settings
 

@@ -43,7 +43,8 @@ from PIL import Image, ImageOps
 from bench.bench_http import free_port, start_server
 from spa_service.card import load_card
 from spa_service.engine import Engine
-from spa_service.imaging import decode_for_model, preprocess
+from spa_service.imaging import decode_for_model
+from spa_service.preprocess import preprocess
 from spa_service.localize import Localizer, LocalizeOptions
 from spa_service.settings import Settings
 from spa_service.threads import limit_blas_threads

@@ -20,7 +20,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from bench.report import update_section
-from spa_service.imaging import decode_image, preprocess
+from spa_service.imaging import decode_image
+from spa_service.preprocess import preprocess
 from spa_service.localize import Localizer
 from spa_service.settings import Settings
 

@@ -26,7 +26,8 @@ from threadpoolctl import threadpool_limits
 
 from bench.bench_http import export_vgg16
 from bench.report import update_section
-from spa_service.imaging import decode_image, encode_heatmap_png
+from spa_service.heatmap_png import encode_heatmap_png
+from spa_service.imaging import decode_image
 from spa_service.localize import Localizer, LocalizeOptions
 from spa_service.settings import Settings
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ImageTooLargeError, Overloaded, RequestTooCostly
-from .imaging import ImageHeader, heatmap_png_size
+from .heatmap_png import heatmap_png_size
+from .imaging import ImageHeader
 
 
 def image_work_mp(size: tuple[int, int], classes: int, *, png_max_side: int | None) -> float:

@@ -1,5 +1,4 @@
-"""Bytes in, images out: decoding with limits and a cost known before it, the reference
-preprocessing, heatmap PNGs.
+"""Bytes in, images out: decoding with limits and a cost known before it.
 
 Decoding follows docs/reference.md section 1: Pillow, EXIF orientation applied, any mode to RGB,
 resized straight to the model's input size with PIL bilinear (aspect ratio not kept).
@@ -13,15 +12,13 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import ExifTags, Image, PngImagePlugin
 
-from .arrays import Array, to_numpy
 from .containers import check_structure, jpeg_first_scan
 from .errors import (
     EmptyImageError,
@@ -30,7 +27,6 @@ from .errors import (
     TruncatedImageError,
     UnsupportedFormatError,
 )
-from .resize import resize_tiles
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # Pillow opens nothing else (JPEG includes MPO)
 FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF or TIFF"
@@ -389,59 +385,3 @@ def decode_for_model(
         image = image.resize((input_size[1], input_size[0]), Image.BILINEAR)
         image = image if image.mode == "RGB" else image.convert("RGB")
     return DecodedImage(image=image, format=fmt, original_size=original_size)
-
-
-def preprocess(
-    images: Sequence[DecodedImage],
-    *,
-    input_size: tuple[int, int],
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-) -> np.ndarray:
-    """The model input: (N, 3, H, W) float32, each image resized to `input_size` = (H, W)
-    with PIL bilinear, scaled to [0, 1] and normalised per channel."""
-    height, width = input_size
-    batch = np.empty((len(images), height, width, 3), dtype=np.float32)
-    for i, decoded in enumerate(images):
-        resized = decoded.image.resize((width, height), Image.BILINEAR)
-        batch[i] = np.asarray(resized, dtype=np.float32)
-    scale = np.float32(255.0) * np.asarray(std, dtype=np.float32)
-    batch -= np.float32(255.0) * np.asarray(mean, dtype=np.float32)
-    batch /= scale
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-
-
-def heatmap_to_uint8(heatmap: np.ndarray) -> np.ndarray:
-    """(H, W) float map in [0, 1] to uint8, value round(255 * map)."""
-    return np.rint(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def heatmap_png_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
-    """(H, W) of the PNG for a heatmap of `size` = (H, W): the same, or proportionally smaller so
-    that its long side is at most `max_side`."""
-    height, width = size
-    scale = max_side / max(height, width)
-    if scale >= 1.0:
-        return height, width
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def encode_heatmap_png(map_: Array, size: tuple[int, int], *, max_side: int) -> tuple[bytes, int, int]:
-    """Grayscale 8-bit PNG, value round(255 * heatmap), of a (h, w) map resized to `size` = (H, W).
-
-    When the long side of `size` exceeds `max_side`, the map is resized straight to the smaller
-    size of `heatmap_png_size` (the full-size heatmap sampled at the PNG's pixel centres). Built
-    tile by tile in uint8: no full-size float map. Returns (png bytes, width, height).
-    """
-    png_size = heatmap_png_size(size, max_side)
-    pixels = np.empty(png_size, dtype=np.uint8)
-    for rows, cols, tile in resize_tiles(map_, png_size):
-        pixels[rows, cols] = heatmap_to_uint8(to_numpy(tile))
-    # One filter for every row, Sub, instead of libpng choosing among five per row: a bilinearly
-    # upsampled map is smooth along its rows, so Sub alone is faster and compresses as well or better.
-    ok, png = cv2.imencode(
-        ".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
-    )
-    if not ok:  # pragma: no cover - OpenCV fails only on invalid shapes, excluded above
-        raise RuntimeError("PNG encoding failed")
-    return png.tobytes(), pixels.shape[1], pixels.shape[0]

@@ -23,7 +23,8 @@ from .boxes import Box, BoxMode, boxes_of_maps
 from .card import Method, ModelCard, ScgParams, load_card
 from .engine import BackboneOutputs, Engine, warmup_batch_sizes
 from .errors import InvalidRequestError
-from .imaging import DecodedImage, preprocess
+from .imaging import DecodedImage
+from .preprocess import preprocess
 from .resize import resize_maps, roundtrip_maps
 from .scg import ScgMode, normalize_cam, scg_maps, structure_affinity
 from .settings import Settings

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 
-from .imaging import encode_heatmap_png
+from .heatmap_png import encode_heatmap_png
 from .localize import Localization
 from .schemas import PNG_DATA_URI_PREFIX, HeatmapFormat, LocalizeResponse, PredictionOut
 

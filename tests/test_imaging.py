@@ -22,16 +22,9 @@ from spa_service.errors import (
     TruncatedImageError,
     UnsupportedFormatError,
 )
-from spa_service.imaging import (
-    ImageHeader,
-    decode_for_model,
-    decode_image,
-    decode_memory,
-    encode_heatmap_png,
-    heatmap_to_uint8,
-    preprocess,
-    read_header,
-)
+from spa_service.heatmap_png import encode_heatmap_png, heatmap_to_uint8
+from spa_service.imaging import ImageHeader, decode_for_model, decode_image, decode_memory, read_header
+from spa_service.preprocess import preprocess
 
 MAX = 40_000_000
 MEAN = (0.485, 0.456, 0.406)

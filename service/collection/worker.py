@@ -18,7 +18,8 @@ import pyarrow as pa
 
 from ..arrays import to_numpy
 from ..errors import SpaError
-from ..imaging import DecodedImage, decode_image, encode_heatmap_png
+from ..heatmap_png import encode_heatmap_png
+from ..imaging import DecodedImage, decode_image
 from ..localize import Localization, Localizer, LocalizeOptions
 from .inputs import read_bytes
 from .rows import Row, error_row, result_row, to_table

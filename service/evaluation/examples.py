@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..imaging import heatmap_to_uint8
+from ..heatmap_png import heatmap_to_uint8
 from .metrics import box_iou, union_boxes_over_thresholds
 from .runner import Example
 

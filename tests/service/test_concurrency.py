@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import make_image, png_from_data_uri, reference, serving, until, wait_ready
 
 from spa_service.app import create_app
-from spa_service.imaging import DecodedImage, decode_for_model, heatmap_to_uint8
+from spa_service.heatmap_png import heatmap_to_uint8
+from spa_service.imaging import DecodedImage, decode_for_model
 from spa_service.localize import BackboneRun, Localizer, LocalizeOptions
 
 pytestmark = pytest.mark.anyio

@@ -15,7 +15,7 @@ import pytest
 from helpers.serve import SPA_SERVE, Server, spa_serve, wait_for
 from service_helpers import make_image, png_from_data_uri, reference
 
-from spa_service.imaging import heatmap_to_uint8
+from spa_service.heatmap_png import heatmap_to_uint8
 from spa_service.localize import Localizer, LocalizeOptions
 from spa_service.settings import Settings
 
