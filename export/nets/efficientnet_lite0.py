@@ -19,10 +19,10 @@ STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80)
           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 STEM, HEAD = 32, 1280
 STRIDE = 32  # the class map's stride; input sides must be multiples of it (SameConv2d's padding assumes even sides)
-# SCG's feature blocks, chosen by measurement (docs/real-photo-model.md): the outputs of the last blocks of the
-# 80-channel (block 7) and 112-channel (block 10) stages, both at stride 16, average-pooled 2 x 2 onto the class
-# map's grid.
-FEATURE_BLOCKS = (7, 10)
+# SCG's feature blocks, chosen by cross-validation on real photos (docs/real-photo-model.md): the output of the
+# last 40-channel block (block 4, stride 8, average-pooled 4 x 4 onto the class map's grid) and of a middle block
+# of the 192-channel stage (block 12, stride 32, the class map's own grid).
+FEATURE_BLOCKS = (4, 12)
 
 
 class SameConv2d(nn.Conv2d):
@@ -74,7 +74,7 @@ class MBConv(nn.Module):
 class EfficientNetLite0(nn.Module):
     """forward(x: N x 3 x H x W, H and W multiples of 32) -> (class_map N x C x H/32 x W/32, feat_a, feat_b):
     feat_a and feat_b are the outputs of `feature_blocks` (indices into `_blocks`), average-pooled onto the class
-    map's grid where their stride is finer; by default N x 80 x H/32 x W/32 and N x 112 x H/32 x W/32.
+    map's grid where their stride is finer; by default N x 40 x H/32 x W/32 and N x 192 x H/32 x W/32.
 
     The class map is the classifier `_fc` applied at every position of the head's output, so its spatial mean
     is the network's logits (GAP + FC).

@@ -75,7 +75,7 @@ def test_maps_and_feature_blocks(fresh):
         factor = block.shape[-1] // 3
         pooled = block.reshape(*block.shape[:2], 3, factor, 3, factor).mean(dim=(3, 5))
         torch.testing.assert_close(feat, pooled)
-    assert (feat_a.shape[1], feat_b.shape[1]) == (80, 112)
+    assert (feat_a.shape[1], feat_b.shape[1]) == (40, 192)
 
 
 def test_class_map_mean_is_the_logits(fresh):
