@@ -50,17 +50,6 @@ def classifier_node(model: onnx.ModelProto, io: OutputNames) -> str:
     return node.name
 
 
-def depthwise_convs(model: onnx.ModelProto) -> list[str]:
-    """Conv nodes with one input channel per group (group > 1 and as many groups as input channels)."""
-    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    names = []
-    for node in model.graph.node:
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if node.op_type == "Conv" and group > 1 and weights.get(node.input[1], (0, 0))[1] == 1:
-            names.append(node.name)
-    return names
-
-
 def conv_macs(model: onnx.ModelProto) -> dict[str, int]:
     """Multiply-adds per image of every Conv node, at the input size the graph declares.
 

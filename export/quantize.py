@@ -41,12 +41,13 @@ from spa_service.card import (
 from spa_service.engine import Engine
 from spa_service.errors import ImageError, ModelLoadError
 from spa_service.evaluation.datasets import DatasetError, open_dataset
-from spa_service.imaging import DecodedImage, decode_image, preprocess
+from spa_service.imaging import DecodedImage, decode_image
+from spa_service.preprocess import preprocess
 from spa_service.localize import Localization, Localizer, LocalizeOptions
 from spa_service.settings import Settings
 
 from .console import EXIT_USAGE, ArgumentParser, fail, setup_logging
-from .onnx_graph import classifier_node, depthwise_convs, head_nodes, int8_mac_share
+from .onnx_graph import classifier_node, head_nodes, int8_mac_share
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ class Int8Recipe:
 
     `float_head`: the head (the nodes that feed `class_map` and neither feature output) stays float; without it
     the head is int8 except its classifier, the Conv that writes `class_map`, which always stays float (its
-    8-bit output flips the top-1 class). `float_depthwise`: depthwise Convs stay float.
+    8-bit output flips the top-1 class). Only nodes whose output is not quantized stay float: onnxruntime
+    quantizes the weights of a float Conv between quantized tensors itself when it loads the model.
     """
 
     format: Literal["QDQ", "QOperator"] = "QDQ"
@@ -83,17 +85,15 @@ class Int8Recipe:
     weights: Literal["int8", "uint8"] = "int8"
     method: CalibrationName = "MinMax"
     float_head: bool = True
-    float_depthwise: bool = False
 
     def card(self) -> dict[str, str | bool | list[str]]:
         return {"format": self.format, "per_channel": self.per_channel, "reduce_range": self.reduce_range,
                 "activations": self.activations, "weights": self.weights, "float_head": self.float_head,
-                "float_depthwise": self.float_depthwise, "tool": f"onnxruntime.quantization {version('onnxruntime')}"}
+                "tool": f"onnxruntime.quantization {version('onnxruntime')}"}
 
     def float_nodes(self, model: onnx.ModelProto, io: OutputNames) -> list[str]:
         """The nodes of `model` this recipe leaves in float."""
-        nodes = head_nodes(model, io) if self.float_head else [classifier_node(model, io)]
-        return nodes + (depthwise_convs(model) if self.float_depthwise else [])
+        return head_nodes(model, io) if self.float_head else [classifier_node(model, io)]
 
 
 # The recipe per architecture (card.arch), from the measurements in docs/precision.md. VGG16-SPA and

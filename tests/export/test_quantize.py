@@ -231,19 +231,21 @@ def test_head_nodes_are_those_after_the_feature_blocks() -> None:
 
 
 def test_the_head_of_a_network_whose_features_branch_off_is_not_the_whole_network() -> None:
-    """EfficientNet-Lite0's feature outputs are average-pooled side branches off blocks 7 and 10: the head is what
-    comes after block 10 (blocks 11-15, the head Conv, the classifier), not everything class_map depends on."""
+    """EfficientNet-Lite0's feature outputs are average-pooled side branches off two of its blocks: the head is
+    what comes after the later one (the blocks after it, the head Conv, the classifier), not everything class_map
+    depends on."""
     import onnx
 
+    from spa_export.nets.efficientnet_lite0 import FEATURE_BLOCKS
     from spa_export.onnx_graph import head_nodes
     from spa_service.card import OutputNames
 
     model = onnx.load(str(DEMO.parent / "imagenet-lite0" / "model.onnx"))
     convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
     head = set(head_nodes(model, OutputNames())) & convs
-    after_block_10 = {name for name in convs
-                      if name.startswith(tuple(f"/_blocks.{i}/" for i in range(11, 16))) or name in ("/_conv_head/Conv", "/Conv")}
-    assert head == after_block_10 and len(head) == 5 * 3 + 2
+    later = tuple(f"/_blocks.{i}/" for i in range(max(FEATURE_BLOCKS) + 1, 16))
+    assert head == {name for name in convs if name.startswith(later) or name in ("/_conv_head/Conv", "/Conv")}
+    assert len(head) == 3 * len(later) + 2  # expand, depthwise and project Convs per block
 
 
 def test_int8_model_keeps_the_head_float_and_quantizes_the_rest(int8_dir: Path) -> None:

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from spa_export.nets import build_model
+from spa_export.nets.efficientnet_lite0 import FEATURE_BLOCKS
 from spa_export.quantize import Floors, QuantizeError, Source, folder_images, make_variant, recipe_for
 from spa_export.to_onnx import export_model
 from spa_service.card import load_card
@@ -30,7 +31,7 @@ REPORT_ONLY = Floors(min_top1=0.0, min_box_iou_ge_0_9=0.0, max_heatmap_diff_p99=
 # Each network's head (what computes class_map after the feature blocks) and its classifier (the Conv that
 # writes class_map), from the architectures' definitions in spa_export.nets: as PyTorch module names and as the
 # ONNX node names the exporter gives their Convs.
-LITE0_HEAD = [f"_blocks.{i}" for i in range(11, 16)] + ["_conv_head"]
+LITE0_HEAD = [f"_blocks.{i}" for i in range(max(FEATURE_BLOCKS) + 1, 16)] + ["_conv_head"]
 HEAD_MODULES = {"vgg16": ("cls.",), "inceptionv3": ("cls_fc",), "tiny": ("cls.",),
                 "efficientnet_lite0": tuple(f"{m}." for m in LITE0_HEAD[:-1]) + ("_conv_head", "_fc")}
 HEAD_NODES = {"vgg16": ("/cls/",), "inceptionv3": ("/cls_fc",), "tiny": ("/cls/",),
@@ -38,7 +39,6 @@ HEAD_NODES = {"vgg16": ("/cls/",), "inceptionv3": ("/cls_fc",), "tiny": ("/cls/"
 CLASSIFIER_MODULE = {"vgg16": "cls.4", "inceptionv3": "cls_fc8", "tiny": "cls.2", "efficientnet_lite0": "_fc"}
 CLASSIFIER_NODE = {"vgg16": "/cls/cls.4/Conv", "inceptionv3": "/cls_fc8/Conv", "tiny": "/cls/cls.2/Conv",
                    "efficientnet_lite0": "/Conv"}
-DEPTHWISE = "_depthwise_conv"  # EfficientNet-Lite0's depthwise Convs, by module and node name
 
 
 def conv_macs(model: torch.nn.Module) -> dict[str, int]:
@@ -61,11 +61,10 @@ def conv_macs(model: torch.nn.Module) -> dict[str, int]:
     return macs
 
 
-def stays_float(arch: str, name: str, float_head: bool, float_depthwise: bool, *, node: bool) -> bool:
+def stays_float(arch: str, name: str, float_head: bool, *, node: bool) -> bool:
     """Whether the recipe keeps this Conv (a module name, or an ONNX node name when `node`) in float."""
     head, classifier = (HEAD_NODES, CLASSIFIER_NODE) if node else (HEAD_MODULES, CLASSIFIER_MODULE)
-    return (name == classifier[arch] or (float_head and name.startswith(head[arch]))
-            or (float_depthwise and DEPTHWISE in name))
+    return name == classifier[arch] or (float_head and name.startswith(head[arch]))
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +92,12 @@ def test_the_trunk_runs_in_int8(arch: str, images: Source, tmp_path: Path) -> No
                            held_out_images=4, floors=REPORT_ONLY)
     recipe = recipe_for(arch)
     assert card.precision == "int8" and card.variant.recipe["float_head"] is recipe.float_head
-    assert card.variant.recipe["float_depthwise"] is recipe.float_depthwise
-    float_head, float_depthwise = recipe.float_head, recipe.float_depthwise
+    float_head = recipe.float_head
     int8 = onnx.load(str(load_card(tmp_path / "int8")[1]))
     producer = {out: node for node in int8.graph.node for out in node.output}
     integer = {t.name for t in int8.graph.initializer if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
     convs = [node for node in int8.graph.node if node.op_type == "Conv"]
-    floats = {n.name for n in convs if stays_float(arch, n.name, float_head, float_depthwise, node=True)}
+    floats = {n.name for n in convs if stays_float(arch, n.name, float_head, node=True)}
     trunk = {n.name for n in convs if not n.name.startswith(HEAD_NODES[arch]) and n.name != CLASSIFIER_NODE[arch]}
     assert len(trunk - floats) >= 5, "the trunk's Convs are there, most of them quantized"
 
@@ -120,7 +118,7 @@ def test_the_trunk_runs_in_int8(arch: str, images: Source, tmp_path: Path) -> No
 
     macs = conv_macs(model)
     int8_macs = sum(count for name, count in macs.items()
-                    if not stays_float(arch, name, float_head, float_depthwise, node=False))
+                    if not stays_float(arch, name, float_head, node=False))
     assert card.variant.int8_macs == pytest.approx(int8_macs / sum(macs.values()), abs=1e-12)
     assert card.variant.int8_macs >= Floors().min_int8_macs
 
