@@ -14,11 +14,12 @@ COPY models ./models
 RUN python -m pip wheel --no-deps --wheel-dir /wheels .
 
 # --- runtime: the locked dependencies (requirements/serve.txt: exact versions, sha256-checked, wheels
-# only) and the project's wheel in a venv, a non-root user ---
+# only) and the project's wheel in a venv, less what only the offline tools (spa_service.offline: spa-eval,
+# spa-batch, spa-synth) and the export side (spa_export) need; a non-root user ---
 FROM python:3.11-slim AS runtime
 # Bytecode is written for what the server imports, by importing it once (pip would compile every module
 # of every package, their tests included: 33 MB); anything else compiles in memory if ever imported.
-ARG BYTECODE_FOR="import spa_service.cli, spa_service.app, uvicorn.main, uvicorn.loops.asyncio, \
+ARG BYTECODE_FOR="import spa_service.http.cli, spa_service.http.app, uvicorn.main, uvicorn.loops.asyncio, \
 uvicorn.protocols.http.h11_impl, uvicorn.lifespan.on, multipart"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
@@ -29,6 +30,9 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && /opt/spa/bin/pip install --require-hashes --only-binary :all: --no-deps --no-compile -r /tmp/requirements.txt \
     && /opt/spa/bin/pip install --no-index --no-deps --no-compile /wheels/*.whl \
     && /opt/spa/bin/pip check \
+    && rm -r /opt/spa/lib/python3.11/site-packages/spa_service/offline /opt/spa/lib/python3.11/site-packages/spa_export \
+       /opt/spa/bin/spa-eval /opt/spa/bin/spa-batch /opt/spa/bin/spa-synth /opt/spa/bin/spa-export \
+       /opt/spa/bin/spa-quantize /opt/spa/bin/spa-train \
     && env -u PYTHONDONTWRITEBYTECODE /opt/spa/bin/python -c "$BYTECODE_FOR" \
     && /opt/spa/bin/pip uninstall -y -q setuptools pip \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin spa

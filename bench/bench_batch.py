@@ -32,10 +32,10 @@ from pathlib import Path
 
 import httpx
 import onnxruntime as ort
-
-from bench.bench_http import export_vgg16, free_port, jpegs, post, start_server
 from spa_service.card import load_card
 from spa_service.settings import BUNDLED_MODEL_DIR
+
+from bench.bench_http import export_vgg16, free_port, jpegs, post, start_server
 
 SPA_BATCH = Path(sys.executable).with_name("spa-batch")
 DISTINCT_IMAGES = 64

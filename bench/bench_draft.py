@@ -25,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from spa_service.evaluation.metrics import box_iou
-from spa_service.imaging import DRAFT_MARGIN, decode_for_model
-from spa_service.localize import Localizer, LocalizeOptions
+from spa_service.offline.evaluation.metrics import box_iou
+from spa_service.pipeline.imaging import DRAFT_MARGIN, decode_for_model
+from spa_service.pipeline.localize import LocalizeOptions, Localizer
 from spa_service.settings import Settings
 from spa_service.threads import limit_blas_threads
 

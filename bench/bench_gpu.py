@@ -41,16 +41,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
-
-from bench.bench_http import IMAGE_SIZE, free_port, jpegs, start_server
 from spa_service.arrays import cupy_available
 from spa_service.card import CARD_FILE, ModelCard, load_card, sha256_of, write_card
-from spa_service.engine import CudaOptions, Engine, available_cores
 from spa_service.errors import ModelLoadError
-from spa_service.heatmap_png import encode_heatmap_png
-from spa_service.imaging import decode_image
-from spa_service.localize import Localizer, LocalizeOptions
-from spa_service.scg import normalize_cam, scg_maps, structure_affinity
+from spa_service.pipeline.engine import CudaOptions, Engine, available_cores
+from spa_service.pipeline.heatmap_png import encode_heatmap_png
+from spa_service.pipeline.imaging import decode_image
+from spa_service.pipeline.localize import LocalizeOptions, Localizer
+from spa_service.pipeline.scg import normalize_cam, scg_maps, structure_affinity
+
+from bench.bench_http import IMAGE_SIZE, free_port, jpegs, start_server
 
 log = logging.getLogger("bench_gpu")
 
@@ -70,7 +70,6 @@ MAX_PIXELS = 40_000_000
 def write_skeleton(arch: str, out_dir: Path) -> Path:
     """Export `arch` with spa-export and keep its graph, small tensors and large tensors' statistics."""
     import torch  # here only: the GPU machine restores without it
-
     from spa_export.nets import build_model
     from spa_export.to_onnx import export_model
 

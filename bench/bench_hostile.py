@@ -137,7 +137,7 @@ def measure(python_path: str | None, images: dict[str, tuple[bytes, str]], log_p
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, **({"PYTHONPATH": python_path} if python_path else {})}
-    command = [sys.executable, "-m", "spa_service.cli", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "spa_service.http.cli", "--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("wb") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     figures = Figures()

@@ -34,14 +34,13 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-
 from spa_service.card import load_card
-from spa_service.threads import limit_blas_threads
-from spa_service.engine import Engine
-from spa_service.imaging import decode_image
-from spa_service.preprocess import preprocess
-from spa_service.localize import Localizer, LocalizeOptions
+from spa_service.pipeline.engine import Engine
+from spa_service.pipeline.imaging import decode_image
+from spa_service.pipeline.localize import LocalizeOptions, Localizer
+from spa_service.pipeline.preprocess import preprocess
 from spa_service.settings import Settings
+from spa_service.threads import limit_blas_threads
 
 IMAGE_SIZE = (500, 375)
 TARGET = 0.90  # of raw backbone throughput, at 4+ clients
@@ -103,7 +102,6 @@ def jpegs(count: int, seed: int = 0) -> list[bytes]:
 
 def export_vgg16(out_dir: Path) -> Path:
     import torch  # export only: the server and the measurements never need it
-
     from spa_export.nets import build_model
     from spa_export.to_onnx import export_model
 
@@ -122,7 +120,7 @@ def start_server(model_dir: Path, port: int, log_path: Path, env: dict[str, str]
                  ready_timeout_s: float = 120.0) -> subprocess.Popen:
     """spa-serve (as `python -m`, which also works where the package was installed without its scripts)
     on `port`, once /readyz answers 200."""
-    command = [sys.executable, "-m", "spa_service.cli", "--model-dir", str(model_dir), "--host", "127.0.0.1",
+    command = [sys.executable, "-m", "spa_service.http.cli", "--model-dir", str(model_dir), "--host", "127.0.0.1",
                "--port", str(port)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})

@@ -25,10 +25,10 @@ from pathlib import Path
 import httpx
 import onnxruntime as ort
 from PIL import Image
+from spa_service.settings import BUNDLED_MODEL_DIR
 
 from bench.bench_http import free_port, start_server
 from bench.report import update_section
-from spa_service.settings import BUNDLED_MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "tests" / "data" / "chelsea.jpg"

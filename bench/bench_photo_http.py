@@ -39,15 +39,15 @@ from pathlib import Path
 import httpx
 import onnxruntime as ort
 from PIL import Image, ImageOps
-
-from bench.bench_http import free_port, start_server
 from spa_service.card import load_card
-from spa_service.engine import Engine
-from spa_service.imaging import decode_for_model
-from spa_service.preprocess import preprocess
-from spa_service.localize import Localizer, LocalizeOptions
+from spa_service.pipeline.engine import Engine
+from spa_service.pipeline.imaging import decode_for_model
+from spa_service.pipeline.localize import LocalizeOptions, Localizer
+from spa_service.pipeline.preprocess import preprocess
 from spa_service.settings import Settings
 from spa_service.threads import limit_blas_threads
+
+from bench.bench_http import free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "imagenet-lite0"

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import onnxruntime as ort
+from spa_service.pipeline.imaging import decode_image
+from spa_service.pipeline.localize import Localizer
+from spa_service.pipeline.preprocess import preprocess
+from spa_service.settings import Settings
 
 from bench.report import update_section
-from spa_service.imaging import decode_image
-from spa_service.preprocess import preprocess
-from spa_service.localize import Localizer
-from spa_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "imagenet-lite0"

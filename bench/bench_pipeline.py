@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+from spa_service.pipeline.heatmap_png import encode_heatmap_png
+from spa_service.pipeline.imaging import decode_image
+from spa_service.pipeline.localize import LocalizeOptions, Localizer
+from spa_service.settings import Settings
 from threadpoolctl import threadpool_limits
 
 from bench.bench_http import export_vgg16
 from bench.report import update_section
-from spa_service.heatmap_png import encode_heatmap_png
-from spa_service.imaging import decode_image
-from spa_service.localize import Localizer, LocalizeOptions
-from spa_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "tests" / "data" / "chelsea.jpg"

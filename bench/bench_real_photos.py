@@ -20,15 +20,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.report import update_section
 from spa_service.card import Method, ModelCard
-from spa_service.evaluation.cli import build_report, sweep
-from spa_service.evaluation.datasets import DatasetError, open_dataset
-from spa_service.evaluation.metrics import ERROR_KINDS, MAXBOXACC_IOUS, WsolProtocol
-from spa_service.evaluation.runner import Evaluation, evaluate
-from spa_service.localize import Localizer
+from spa_service.offline.evaluation.cli import build_report, sweep
+from spa_service.offline.evaluation.datasets import DatasetError, open_dataset
+from spa_service.offline.evaluation.metrics import (
+    ERROR_KINDS,
+    MAXBOXACC_IOUS,
+    WsolProtocol,
+)
+from spa_service.offline.evaluation.runner import Evaluation, evaluate
+from spa_service.pipeline.localize import Localizer
 from spa_service.settings import BUNDLED_PHOTO_MODEL_DIR, Settings
 from spa_service.threads import limit_blas_threads
+
+from bench.report import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "realdata" / "imagenet-val-tune"

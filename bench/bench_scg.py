@@ -23,7 +23,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # bench.report; the loop implementation and inputs
 
-from bench.report import update_section  # noqa: E402
 from scg_loops import (  # noqa: E402
     make_class_maps,
     make_features,
@@ -31,12 +30,13 @@ from scg_loops import (  # noqa: E402
     reference_block_loops,
     scg_loops,
 )
-
-from spa_service.boxes import boxes_of_maps  # noqa: E402
 from spa_service.card import PRESETS  # noqa: E402
-from spa_service.localize import localization_maps  # noqa: E402
-from spa_service.resize import resize_maps  # noqa: E402
-from spa_service.scg import structure_affinity  # noqa: E402
+from spa_service.pipeline.boxes import boxes_of_maps  # noqa: E402
+from spa_service.pipeline.localize import localization_maps  # noqa: E402
+from spa_service.pipeline.resize import resize_maps  # noqa: E402
+from spa_service.pipeline.scg import structure_affinity  # noqa: E402
+
+from bench.report import update_section  # noqa: E402
 
 ORIGINAL = (500, 375)  # (H, W) of the "original image"
 TOPK = 5

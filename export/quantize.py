@@ -34,16 +34,16 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from PIL import Image
 
 from spa_service.argtypes import positive_int
-from spa_service.boxes import Box
+from spa_service.pipeline.boxes import Box
 from spa_service.card import (
     CARD_FILE, Agreement, Calibration, ModelCard, OutputNames, Precision, Variant, load_card, sha256_of, write_card,
 )
-from spa_service.engine import Engine
+from spa_service.pipeline.engine import Engine
 from spa_service.errors import ImageError, ModelLoadError
-from spa_service.evaluation.datasets import DatasetError, open_dataset
-from spa_service.imaging import DecodedImage, decode_image
-from spa_service.preprocess import preprocess
-from spa_service.localize import Localization, Localizer, LocalizeOptions
+from spa_service.offline.evaluation.datasets import DatasetError, open_dataset
+from spa_service.pipeline.imaging import DecodedImage, decode_image
+from spa_service.pipeline.preprocess import preprocess
+from spa_service.pipeline.localize import Localization, Localizer, LocalizeOptions
 from spa_service.settings import Settings
 
 from .console import EXIT_USAGE, ArgumentParser, fail, setup_logging

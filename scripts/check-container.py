@@ -18,10 +18,10 @@ import cv2
 import httpx
 import numpy as np
 
-from spa_service.heatmap_png import heatmap_to_uint8
+from spa_service.pipeline.heatmap_png import heatmap_to_uint8
 
-from spa_service.imaging import decode_image
-from spa_service.localize import Localizer, LocalizeOptions
+from spa_service.pipeline.imaging import decode_image
+from spa_service.pipeline.localize import Localizer, LocalizeOptions
 from spa_service.settings import Settings
 
 

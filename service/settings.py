@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
+import spa_models
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-import spa_models
 
 BUNDLED_MODELS = Path(spa_models.__file__).resolve().parent
 BUNDLED_MODEL_DIR = BUNDLED_MODELS / "demo"  # the synthetic demo model

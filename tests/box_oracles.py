@@ -1,4 +1,4 @@
-"""Boxes of full-size heatmaps computed the obvious way: the oracles for service/boxes.py, which finds the
+"""Boxes of full-size heatmaps computed the obvious way: the oracles for service/pipeline/boxes.py, which finds the
 boxes of the maps' resize tile by tile without ever holding the full-size heatmaps. The loops go pixel
 by pixel (for small cases); `full_size_boxes` uses numpy and cv2 directly on whole masks (for large ones)."""
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-
 from spa_service.arrays import Array, to_numpy
 
 Box = tuple[int, int, int, int]

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from helpers.cub import make_cub_dataset as _make_cub_dataset
 
 TESTS = Path(__file__).resolve().parent
@@ -19,7 +18,6 @@ CUB_CLASSES = DATA_DIR / "cub200_classes.txt"  # copy of ../shared/data/cub200_c
 
 def _export_random_model(out_dir: Path, arch: str, num_classes: int, labels: list[str] | None) -> Path:
     import torch
-
     from spa_export.nets import build_model
     from spa_export.to_onnx import export_model
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-
 from spa_service.card import ScgParams
 
 

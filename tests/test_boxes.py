@@ -1,17 +1,15 @@
-"""service/boxes.py against explicit loops, full-size boxes (tests/box_oracles.py) and hand-made cases.
+"""service/pipeline/boxes.py against explicit loops, full-size boxes (tests/box_oracles.py) and hand-made cases.
 `service_boxes` is the service's own, on maps at their own size (where the resize is the identity)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from box_oracles import full_size_boxes, loop_components, loop_union_box
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from box_oracles import full_size_boxes, loop_components, loop_union_box
-
-from spa_service.boxes import EMPTY_BOX, boxes_of_maps, union_boxes
-from spa_service.resize import resize_maps
+from spa_service.pipeline.boxes import EMPTY_BOX, boxes_of_maps, union_boxes
+from spa_service.pipeline.resize import resize_maps
 
 FAST = settings(max_examples=80, deadline=None)
 

@@ -12,9 +12,10 @@ import onnxruntime as ort
 import pytest
 from helpers.cards import make_card
 from onnx import TensorProto, helper
-from spa_service import engine as engine_module
 from spa_service.card import ModelCard
-from spa_service.engine import (
+from spa_service.errors import ModelLoadError
+from spa_service.pipeline import engine as engine_module
+from spa_service.pipeline.engine import (
     CudaOptions,
     Engine,
     available_cores,
@@ -23,7 +24,6 @@ from spa_service.engine import (
     session_options,
     warmup_batch_sizes,
 )
-from spa_service.errors import ModelLoadError
 from spa_service.settings import Settings
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -153,7 +153,7 @@ def test_cuda_that_cannot_start_falls_back_loudly(
     monkeypatch.setattr(engine_module.ort, "get_available_providers", lambda: [CUDA, CPU])
     monkeypatch.setattr(engine_module, "_preload_cuda_libraries", lambda: preloaded.append(True))
     path = pooled_graph(tmp_path / "m.onnx", 5, ("class_map", "feat_a", "feat_b"))
-    with caplog.at_level(logging.WARNING, logger="spa_service.engine"):
+    with caplog.at_level(logging.WARNING, logger="spa_service.pipeline.engine"):
         engine = Engine(path, card_for(path, 5), providers="auto", intra_op_threads=1)
     assert preloaded == [True]
     assert engine.cuda_fallback and engine.provider == CPU and not engine.outputs_on_gpu

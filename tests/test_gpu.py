@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from box_oracles import full_size_boxes
 from scg_loops import make_class_maps, make_features
 from spa_service.arrays import cupy_available, to_numpy
-from spa_service.boxes import union_boxes
 from spa_service.card import PRESETS
-from spa_service.resize import resize_maps, roundtrip_maps
-from spa_service.scg import normalize_cam, scg_maps, structure_affinity
+from spa_service.pipeline.boxes import union_boxes
+from spa_service.pipeline.resize import resize_maps, roundtrip_maps
+from spa_service.pipeline.scg import normalize_cam, scg_maps, structure_affinity
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not cupy_available(), reason="cupy with a CUDA device is not available")]
@@ -68,7 +67,7 @@ def test_cupy_matches_numpy(size: tuple[int, int], channels: tuple[int, int], mo
 @needs_cuda_provider
 def test_engine_runs_cuda_with_the_chosen_options(gpu_model_dir: Path) -> None:
     from spa_service.card import load_card
-    from spa_service.engine import Engine
+    from spa_service.pipeline.engine import Engine
 
     card, onnx_path = load_card(gpu_model_dir)
     engine = Engine(onnx_path, card, providers="cuda")
@@ -81,8 +80,8 @@ def test_engine_runs_cuda_with_the_chosen_options(gpu_model_dir: Path) -> None:
 @needs_cuda_provider
 @pytest.mark.parametrize("mode", ["reference", "paper"])
 def test_localizer_on_gpu_matches_cpu(gpu_model_dir: Path, mode: str) -> None:
-    from spa_service.imaging import decode_image
-    from spa_service.localize import Localizer, LocalizeOptions
+    from spa_service.pipeline.imaging import decode_image
+    from spa_service.pipeline.localize import LocalizeOptions, Localizer
     from spa_service.settings import Settings
 
     images = [decode_image((DATA / name).read_bytes(), max_pixels=40_000_000) for name in ("chelsea.jpg", "coffee.jpg")]

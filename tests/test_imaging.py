@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
-
 from spa_service.errors import (
     EmptyImageError,
     ImageError,
@@ -22,9 +21,15 @@ from spa_service.errors import (
     TruncatedImageError,
     UnsupportedFormatError,
 )
-from spa_service.heatmap_png import encode_heatmap_png, heatmap_to_uint8
-from spa_service.imaging import ImageHeader, decode_for_model, decode_image, decode_memory, read_header
-from spa_service.preprocess import preprocess
+from spa_service.pipeline.heatmap_png import encode_heatmap_png, heatmap_to_uint8
+from spa_service.pipeline.imaging import (
+    ImageHeader,
+    decode_for_model,
+    decode_image,
+    decode_memory,
+    read_header,
+)
+from spa_service.pipeline.preprocess import preprocess
 
 MAX = 40_000_000
 MEAN = (0.485, 0.456, 0.406)

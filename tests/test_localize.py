@@ -12,13 +12,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from PIL import Image
-
 from scg_loops import scg_loops
 from spa_service.errors import InvalidRequestError
-from spa_service.imaging import DecodedImage, decode_image
-from spa_service.localize import Localizer, LocalizeOptions, chosen_classes, class_scores
+from spa_service.pipeline.imaging import DecodedImage, decode_image
+from spa_service.pipeline.localize import (
+    LocalizeOptions,
+    Localizer,
+    chosen_classes,
+    class_scores,
+)
 from spa_service.settings import Settings
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-
-from spa_service.app import create_app
 from spa_service.card import PRESETS, load_card
+from spa_service.http.app import create_app
 from spa_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""service/resize.py against cv2.resize (INTER_LINEAR, float32)."""
+"""service/pipeline/resize.py against cv2.resize (INTER_LINEAR, float32)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from spa_service.resize import (
+from spa_service.pipeline.resize import (
     TILE_COLS,
     TILE_ROWS,
     linear_resize_matrix,

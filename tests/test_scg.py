@@ -1,4 +1,4 @@
-"""The vectorised SCG (service/scg.py + service/resize.py) against the loop implementation.
+"""The vectorised SCG (service/pipeline/scg.py + service/pipeline/resize.py) against the loop implementation.
 
 Parity is checked twice:
 - in float64, where both sides compute the same real numbers and must agree to 1e-5 (they
@@ -20,12 +20,17 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from scg_loops import make_class_maps, make_features, paper_class_loops, reference_class_loops, scg_loops
-
+from scg_loops import (
+    make_class_maps,
+    make_features,
+    paper_class_loops,
+    reference_class_loops,
+    scg_loops,
+)
 from spa_service.card import PRESETS, ScgParams
-from spa_service.localize import localization_maps
-from spa_service.resize import resize_maps, roundtrip_maps
-from spa_service.scg import normalize_cam, scg_maps, structure_affinity
+from spa_service.pipeline.localize import localization_maps
+from spa_service.pipeline.resize import resize_maps, roundtrip_maps
+from spa_service.pipeline.scg import normalize_cam, scg_maps, structure_affinity
 
 FAST = settings(max_examples=30, deadline=None)
 MODES = ["reference", "paper"]

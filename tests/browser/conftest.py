@@ -14,7 +14,15 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pytest
-from browser_helpers import BODY_LIMIT, CHROMIUM, DESKTOP, LAUNCH_ARGS, PHOTOS, Server, spa_serve
+from browser_helpers import (
+    BODY_LIMIT,
+    CHROMIUM,
+    DESKTOP,
+    LAUNCH_ARGS,
+    PHOTOS,
+    Server,
+    spa_serve,
+)
 
 if TYPE_CHECKING:  # playwright may be missing: then the tests skip
     from playwright.sync_api import Browser, Page

@@ -11,8 +11,16 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
-from browser_helpers import PHOTOS, Server, assert_same_boxes, boxes_of, drawn_boxes, localize_with, open_demo, spa_serve
-
+from browser_helpers import (
+    PHOTOS,
+    Server,
+    assert_same_boxes,
+    boxes_of,
+    drawn_boxes,
+    localize_with,
+    open_demo,
+    spa_serve,
+)
 from spa_service.settings import BUNDLED_MODEL_DIR
 
 if TYPE_CHECKING:

@@ -33,7 +33,6 @@ from browser_helpers import (
     spa_serve,
 )
 from PIL import Image
-
 from spa_service.settings import BUNDLED_PHOTO_MODEL_DIR
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""A generated collection for the spa-batch tests: synthetic birds (spa_service.synth) as JPEG and PNG
+"""A generated collection for the spa-batch tests: synthetic birds (spa_service.offline.synth) as JPEG and PNG
 files in a folder tree, plus a few files that are not images, and the bundled demo model."""
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
+from spa_service.offline.synth import render
 from spa_service.settings import BUNDLED_MODEL_DIR
-from spa_service.synth import render
 
 DEMO_MODEL = BUNDLED_MODEL_DIR
 

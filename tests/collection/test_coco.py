@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spa_service.collection.coco import coco_bbox, coco_detections
+from spa_service.offline.collection.coco import coco_bbox, coco_detections
 
 
 def test_inclusive_box_to_coco_xywh() -> None:

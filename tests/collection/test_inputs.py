@@ -8,8 +8,12 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from spa_service.collection.inputs import SourceError, UnreadableFileError, list_inputs, read_bytes
+from spa_service.offline.collection.inputs import (
+    SourceError,
+    UnreadableFileError,
+    list_inputs,
+    read_bytes,
+)
 
 
 def _touch(root: Path, *names: str) -> None:

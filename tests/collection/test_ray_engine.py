@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 from collection_helpers import DEMO_MODEL, Collection
-
-from spa_service.collection.store import Store
+from spa_service.offline.collection.store import Store
 
 pytestmark = pytest.mark.system
 

@@ -19,11 +19,10 @@ import pytest
 from collection_helpers import DEMO_MODEL, Collection, write_images
 from fastapi.testclient import TestClient
 from PIL import Image
-
-from spa_service.app import create_app
 from spa_service.card import load_card
-from spa_service.collection.cli import main
-from spa_service.collection.store import Store
+from spa_service.http.app import create_app
+from spa_service.offline.collection.cli import main
+from spa_service.offline.collection.store import Store
 from spa_service.settings import Settings
 
 SPA_BATCH = Path(sys.executable).with_name("spa-batch")

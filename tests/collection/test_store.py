@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from spa_service.collection.rows import to_table
-from spa_service.collection.store import OutputMismatchError, Store
 from spa_service.errors import TruncatedImageError
+from spa_service.offline.collection.rows import to_table
+from spa_service.offline.collection.store import OutputMismatchError, Store
 
 SETTINGS = {"model": "m", "options": {"topk": 2}}
 

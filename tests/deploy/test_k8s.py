@@ -13,8 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from kustomize_render import render
-
-from spa_service.metrics import Metrics
+from spa_service.http.metrics import Metrics
 from spa_service.settings import Settings
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"

@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-
-from spa_service.evaluation.cli import main
+from spa_service.offline.evaluation.cli import main
+from spa_service.offline.synth import SynthConfig, generate
 from spa_service.settings import BUNDLED_MODEL_DIR
-from spa_service.synth import SynthConfig, generate
 
 SET = SynthConfig(seed=7, classes=8, train_per_class=0, test_per_class=12)  # 96 images, 160 px
 

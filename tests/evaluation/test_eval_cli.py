@@ -9,17 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from spa_service.card import load_card
-from spa_service.evaluation.cli import main
-from spa_service.evaluation.datasets import open_dataset
-from spa_service.evaluation.examples import CAPTION_HEIGHT, TILE_HEIGHT
-from spa_service.evaluation.metrics import as_boxes, box_iou
-from spa_service.evaluation.runner import evaluate
-from spa_service.imaging import decode_image
-from spa_service.localize import Localizer, LocalizeOptions
+from spa_service.offline.evaluation.cli import main
+from spa_service.offline.evaluation.datasets import open_dataset
+from spa_service.offline.evaluation.examples import CAPTION_HEIGHT, TILE_HEIGHT
+from spa_service.offline.evaluation.metrics import as_boxes, box_iou
+from spa_service.offline.evaluation.runner import evaluate
+from spa_service.offline.synth import SynthConfig, generate
+from spa_service.pipeline.imaging import decode_image
+from spa_service.pipeline.localize import LocalizeOptions, Localizer
 from spa_service.settings import BUNDLED_PHOTO_MODEL_DIR, Settings
-from spa_service.synth import SynthConfig, generate
 
 FIGURES = (
     "top1_cls_acc", "top5_cls_acc", "top1_loc_acc", "top5_loc_acc", "gt_known_loc_acc", "maxboxacc_v2_acc",

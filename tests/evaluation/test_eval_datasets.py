@@ -7,8 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from spa_service.evaluation.datasets import DatasetError, Sample, load_mask, open_dataset, read_cub, read_wsol
+from spa_service.offline.evaluation.datasets import (
+    DatasetError,
+    Sample,
+    load_mask,
+    open_dataset,
+    read_cub,
+    read_wsol,
+)
 
 
 def write(root: Path, files: dict[str, str]) -> Path:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from box_oracles import full_size_boxes
-
-from spa_service.boxes import union_boxes
-from spa_service.evaluation import metrics as m
-from spa_service.evaluation.datasets import MaskLevels
-from spa_service.evaluation.tally import MethodTally
+from spa_service.offline.evaluation import metrics as m
+from spa_service.offline.evaluation.datasets import MaskLevels
+from spa_service.offline.evaluation.tally import MethodTally
+from spa_service.pipeline.boxes import union_boxes
 
 
 def kinds(class_correct: bool, pred: list, gt: list) -> list[str]:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from spa_service.evaluation.examples import CAPTION_HEIGHT, MIN_FONT_SCALE, captioned, fit_caption, text_width
+from spa_service.offline.evaluation.examples import (
+    CAPTION_HEIGHT,
+    MIN_FONT_SCALE,
+    captioned,
+    fit_caption,
+    text_width,
+)
 
 
 @pytest.mark.parametrize("width", [60, 120, 160, 213])

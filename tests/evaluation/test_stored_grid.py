@@ -11,11 +11,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
-
-from spa_service.evaluation.datasets import open_dataset
-from spa_service.evaluation.metrics import OT, WsolProtocol, as_boxes, error_kinds, grid_boxes
-from spa_service.evaluation.runner import evaluate
-from spa_service.imaging import DecodedImage, decode_image
+from spa_service.offline.evaluation.datasets import open_dataset
+from spa_service.offline.evaluation.metrics import (
+    OT,
+    WsolProtocol,
+    as_boxes,
+    error_kinds,
+    grid_boxes,
+)
+from spa_service.offline.evaluation.runner import evaluate
+from spa_service.pipeline.imaging import DecodedImage, decode_image
 
 MAX = 40_000_000
 WIDTH, HEIGHT = 300, 200  # stored; EXIF Orientation 6 shows it 200 x 300, turned a quarter clockwise

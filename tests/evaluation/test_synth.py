@@ -7,9 +7,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from spa_service.evaluation.datasets import load_mask, read_cub
-from spa_service.synth import SynthConfig, class_names, generate, main, mask_box, render
+from spa_service.offline.evaluation.datasets import load_mask, read_cub
+from spa_service.offline.synth import (
+    SynthConfig,
+    class_names,
+    generate,
+    main,
+    mask_box,
+    render,
+)
 
 SMALL = SynthConfig(seed=7, classes=3, train_per_class=2, test_per_class=3, size=96)
 

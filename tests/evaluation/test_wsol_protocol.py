@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from spa_service.evaluation import metrics as m
-from spa_service.evaluation.datasets import load_mask, read_cub, read_wsol
-from spa_service.evaluation.tally import MethodTally
+from spa_service.offline.evaluation import metrics as m
+from spa_service.offline.evaluation.datasets import load_mask, read_cub, read_wsol
+from spa_service.offline.evaluation.tally import MethodTally
 
 WSOL = m.WsolProtocol()
 

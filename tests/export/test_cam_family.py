@@ -12,7 +12,6 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-
 from spa_export import to_onnx
 from spa_export.checkpoints import CheckpointError, load_checkpoint
 from spa_export.nets import build_model

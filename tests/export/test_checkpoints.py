@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from spa_export.checkpoints import CheckpointError, load_checkpoint, load_pretrained_vgg, save_checkpoint
+from spa_export.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    load_pretrained_vgg,
+    save_checkpoint,
+)
 from spa_export.nets import build_model
 
 # torchvision VGG16 `features` indices holding convs, and the channels of each.

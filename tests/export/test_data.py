@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from spa_export.data import CubTrainSet, DatasetError, EpochSampler, read_cub, resize_size, train_transform
+from spa_export.data import (
+    CubTrainSet,
+    DatasetError,
+    EpochSampler,
+    read_cub,
+    resize_size,
+    train_transform,
+)
 
 
 def test_read_cub(tmp_path, make_cub_dataset):

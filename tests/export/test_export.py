@@ -14,7 +14,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
 from spa_export import to_onnx
 from spa_export.nets import build_model
 from spa_export.to_onnx import ParityError, export_model

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
 from spa_export import to_onnx
 from spa_export.checkpoints import load_checkpoint
 from spa_export.nets import build_model

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from spa_export.nets import ARCHS, build_model, class_scores
 
 

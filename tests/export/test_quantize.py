@@ -14,12 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from scg_loops import scg_loops
-
 from spa_export import quantize
-from spa_service.app import create_app
 from spa_service.card import ModelCard, load_card
+from spa_service.http.app import create_app
+from spa_service.offline.synth import SynthConfig, generate
 from spa_service.settings import Settings
-from spa_service.synth import SynthConfig, generate
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
 CALIBRATION, HELD_OUT, SEED = 16, 32, 3
@@ -222,7 +221,6 @@ def test_box_iou_of_inclusive_boxes() -> None:
 
 def test_head_nodes_are_those_after_the_feature_blocks() -> None:
     import onnx
-
     from spa_export.onnx_graph import head_nodes
     from spa_service.card import OutputNames
 
@@ -235,7 +233,6 @@ def test_the_head_of_a_network_whose_features_branch_off_is_not_the_whole_networ
     what comes after the later one (the blocks after it, the head Conv, the classifier), not everything class_map
     depends on."""
     import onnx
-
     from spa_export.nets.efficientnet_lite0 import FEATURE_BLOCKS
     from spa_export.onnx_graph import head_nodes
     from spa_service.card import OutputNames

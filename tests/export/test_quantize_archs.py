@@ -17,10 +17,16 @@ import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
-
 from spa_export.nets import build_model
 from spa_export.nets.efficientnet_lite0 import FEATURE_BLOCKS
-from spa_export.quantize import Floors, QuantizeError, Source, folder_images, make_variant, recipe_for
+from spa_export.quantize import (
+    Floors,
+    QuantizeError,
+    Source,
+    folder_images,
+    make_variant,
+    recipe_for,
+)
 from spa_export.to_onnx import export_model
 from spa_service.card import load_card
 

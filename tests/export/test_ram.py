@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from spa_export.ram import ram_loss
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from spa_export import to_onnx, train
 from spa_export.checkpoints import load_checkpoint
 from spa_export.console import ProgressLine

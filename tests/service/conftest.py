@@ -10,9 +10,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from service_helpers import serving
-
-from spa_service.app import create_app
-from spa_service.localize import Localizer
+from spa_service.http.app import create_app
+from spa_service.pipeline.localize import Localizer
 from spa_service.settings import Settings
 
 

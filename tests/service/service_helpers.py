@@ -12,9 +12,8 @@ import httpx
 import numpy as np
 from fastapi import FastAPI
 from PIL import Image
-
-from spa_service.imaging import decode_image
-from spa_service.localize import Localization, Localizer, LocalizeOptions
+from spa_service.pipeline.imaging import decode_image
+from spa_service.pipeline.localize import Localization, LocalizeOptions, Localizer
 from spa_service.settings import Settings
 
 

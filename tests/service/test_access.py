@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from service_helpers import make_image, serving
-
-from spa_service.app import create_app
+from spa_service.http.app import create_app
 
 pytestmark = pytest.mark.anyio
 

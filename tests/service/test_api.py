@@ -8,12 +8,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-
-from spa_service.app import create_app
-from spa_service.heatmap_png import heatmap_to_uint8
-from spa_service.localize import Localizer, LocalizeOptions
-
 from service_helpers import make_image, png_from_data_uri, reference, serving
+from spa_service.http.app import create_app
+from spa_service.pipeline.heatmap_png import heatmap_to_uint8
+from spa_service.pipeline.localize import LocalizeOptions, Localizer
 
 pytestmark = pytest.mark.anyio
 

@@ -8,11 +8,9 @@ import time
 from collections.abc import Sequence
 
 import pytest
-
 from service_helpers import until
-
-from spa_service.batching import MicroBatcher
 from spa_service.errors import Overloaded, ShuttingDown
+from spa_service.http.batching import MicroBatcher
 
 pytestmark = pytest.mark.anyio
 

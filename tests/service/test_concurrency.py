@@ -13,12 +13,18 @@ import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from service_helpers import make_image, png_from_data_uri, reference, serving, until, wait_ready
-
-from spa_service.app import create_app
-from spa_service.heatmap_png import heatmap_to_uint8
-from spa_service.imaging import DecodedImage, decode_for_model
-from spa_service.localize import BackboneRun, Localizer, LocalizeOptions
+from service_helpers import (
+    make_image,
+    png_from_data_uri,
+    reference,
+    serving,
+    until,
+    wait_ready,
+)
+from spa_service.http.app import create_app
+from spa_service.pipeline.heatmap_png import heatmap_to_uint8
+from spa_service.pipeline.imaging import DecodedImage, decode_for_model
+from spa_service.pipeline.localize import BackboneRun, LocalizeOptions, Localizer
 
 pytestmark = pytest.mark.anyio
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 from service_helpers import make_image, serving
-
-from spa_service.app import create_app
+from spa_service.http.app import create_app
 from spa_service.settings import Settings
 
 pytestmark = pytest.mark.anyio

@@ -11,9 +11,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from service_helpers import make_image, serving
-
-from spa_service.app import create_app
 from spa_service.errors import ModelLoadError
+from spa_service.http.app import create_app
 from spa_service.settings import Settings
 
 pytestmark = pytest.mark.anyio

@@ -22,10 +22,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import make_image, serving, until
-
-from spa_service.app import create_app
-from spa_service.imaging import DecodedImage
-from spa_service.localize import BackboneRun, Localizer
+from spa_service.http.app import create_app
+from spa_service.pipeline.imaging import DecodedImage
+from spa_service.pipeline.localize import BackboneRun, Localizer
 from spa_service.settings import BUNDLED_MODEL_DIR, BUNDLED_PHOTO_MODEL_DIR
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -180,7 +179,7 @@ async def test_a_dead_collector_fails_its_requests_and_turns_readiness_off(
 
 @pytest.mark.anyio
 async def test_image_headers_are_read_off_the_event_loop(settings_for, monkeypatch: pytest.MonkeyPatch) -> None:
-    import spa_service.serving as serving_module
+    import spa_service.http.serving as serving_module
 
     release, entered = threading.Event(), threading.Event()
     real = serving_module.read_header

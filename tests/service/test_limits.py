@@ -12,16 +12,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from box_oracles import full_size_boxes
 from helpers.serve import spa_serve, wait_for
 from PIL import Image
 from service_helpers import make_image, serving
-
-from spa_service.app import create_app
-from box_oracles import full_size_boxes
-from spa_service.imaging import decode_image
-from spa_service.localize import Localizer, LocalizeOptions
-from spa_service.render import render_localization
-from spa_service.resize import resize_maps
+from spa_service.http.app import create_app
+from spa_service.http.render import render_localization
+from spa_service.pipeline.imaging import decode_image
+from spa_service.pipeline.localize import LocalizeOptions, Localizer
+from spa_service.pipeline.resize import resize_maps
 from spa_service.settings import BUNDLED_MODEL_DIR, Settings
 
 BIG = (6000, 6000)  # (H, W): 36 MP, under the default 40 MP limit

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import make_image, reference, serving
-
-from spa_service.app import create_app
-from spa_service.localize import Localizer, LocalizeOptions
+from spa_service.http.app import create_app
+from spa_service.pipeline.localize import LocalizeOptions, Localizer
 from spa_service.settings import BUNDLED_MODEL_DIR, BUNDLED_PHOTO_MODEL_DIR, Settings
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,6 @@ from helpers.serve import spa_serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from service_helpers import make_image
-
 from spa_service.settings import BUNDLED_MODEL_DIR, BUNDLED_PHOTO_MODEL_DIR
 
 pytestmark = pytest.mark.system

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from helpers.serve import SPA_SERVE, Server, spa_serve, wait_for
 from service_helpers import make_image, png_from_data_uri, reference
-
-from spa_service.heatmap_png import heatmap_to_uint8
-from spa_service.localize import Localizer, LocalizeOptions
+from spa_service.pipeline.heatmap_png import heatmap_to_uint8
+from spa_service.pipeline.localize import LocalizeOptions, Localizer
 from spa_service.settings import Settings
 
 pytestmark = pytest.mark.system
