@@ -34,7 +34,8 @@ def stated_limits(app: FastAPI, settings: Settings, registry: ModelRegistry) -> 
                 form["properties"]["images"]["maxItems"] = settings.max_batch_images
             operation["description"] = (
                 f"Bodies up to {settings.max_body_bytes:,} bytes; images up to {settings.max_image_pixels:,} "
-                "pixels (judged from the header). Binary parts must be images in a format the server decodes "
+                f"pixels, {settings.max_image_side:,} pixels on the long side and {settings.max_image_memory_mb:g} MB "
+                "to decode (judged from the header). Binary parts must be images in a format the server decodes "
                 "(JPEG, PNG, WebP, BMP, GIF, TIFF): anything else is answered 415 or 422."
             )
             if loaded and path in DEFAULT_MODEL_PATHS:

@@ -39,11 +39,14 @@ ERROR_DOCS = {
     400: "`bad_request`: a malformed multipart body",
     401: "`unauthorized`: X-API-Key missing or wrong (only when the server has a key)",
     408: "`body_timeout`: the body stalled, or did not arrive in time",
-    413: "`body_too_large`, `image_too_large` (judged from the image header, before decoding), `too_many_images`, "
+    413: "`body_too_large`, `image_too_large` (judged from the image header, before decoding: pixels, long side, "
+    "or the memory its decoding would take), `too_many_images`, "
     "`request_too_costly` (more work than one request may ask for: fewer classes, a smaller image or heatmap=none)",
     415: "`unsupported_media_type`, `not_an_image`, `unsupported_format`",
     422: "`missing_image`, `empty_image`, `truncated_image`, `invalid_parameter`",
-    503: "`overloaded` (busy) or `shutting_down`; retry after `Retry-After` seconds",
+    500: "`processing_failed`: the server failed on this image (its fault, logged); in a batch, that image's entry",
+    503: "`overloaded` (busy) or `shutting_down`, retry after `Retry-After` seconds; `model_unavailable`: the "
+    "model stopped on an internal failure (readiness is off until the instance is replaced)",
     404: "`unknown_model`: no model of that name (the message lists the ones there are)",
 }
 
@@ -197,7 +200,7 @@ def add_routes(app: FastAPI, *, with_api_key: bool) -> None:
     # Declares X-API-Key in the OpenAPI schema (the Authorize button in /docs); RequireApiKey
     # enforces it, before the body is read, which a dependency could not do.
     security = [Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))] if with_api_key else []
-    errors = _errors(400, 401, 408, 413, 415, 422, 503)
+    errors = _errors(400, 401, 408, 413, 415, 422, 500, 503)
     app.add_api_route(
         "/v1/localize", localize, methods=["POST"], response_model=LocalizeResponse, dependencies=security,
         summary="Classes, heatmaps and boxes for one image", tags=["localize"],
