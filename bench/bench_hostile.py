@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.bench_http import free_port, jpegs
+from bench.bench_http import free_port, jpegs, serve_module
 from bench.report import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +137,8 @@ def measure(python_path: str | None, images: dict[str, tuple[bytes, str]], log_p
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, **({"PYTHONPATH": python_path} if python_path else {})}
-    command = [sys.executable, "-m", "spa_service.http.cli", "--host", "127.0.0.1", "--port", str(port)]
+    module = serve_module(Path(python_path) if python_path else None)
+    command = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("wb") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     figures = Figures()

@@ -116,11 +116,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def serve_module(root: Path | None = None) -> str:
+    """The module that is spa-serve in the spa_service under `root` (default: the installed one); checkouts
+    from before the package's layers had it at the top, which a --baseline may be."""
+    if root is not None and not (root / "spa_service" / "http" / "cli.py").exists():
+        return "spa_service.cli"
+    return "spa_service.http.cli"
+
+
 def start_server(model_dir: Path, port: int, log_path: Path, env: dict[str, str] | None = None,
-                 ready_timeout_s: float = 120.0) -> subprocess.Popen:
+                 ready_timeout_s: float = 120.0, module: str | None = None) -> subprocess.Popen:
     """spa-serve (as `python -m`, which also works where the package was installed without its scripts)
     on `port`, once /readyz answers 200."""
-    command = [sys.executable, "-m", "spa_service.http.cli", "--model-dir", str(model_dir), "--host", "127.0.0.1",
+    command = [sys.executable, "-m", module or serve_module(), "--model-dir", str(model_dir), "--host", "127.0.0.1",
                "--port", str(port)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})

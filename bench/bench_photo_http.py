@@ -47,7 +47,7 @@ from spa_service.pipeline.preprocess import preprocess
 from spa_service.settings import Settings
 from spa_service.threads import limit_blas_threads
 
-from bench.bench_http import free_port, start_server
+from bench.bench_http import free_port, serve_module, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "imagenet-lite0"
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.baseline:
                 before_port = free_port()
                 servers.append(start_server(args.model_dir, before_port, Path(tmp) / "before.log",
-                                            env={"PYTHONPATH": str(args.baseline.resolve())}))
+                                            env={"PYTHONPATH": str(args.baseline.resolve())},
+                                            module=serve_module(args.baseline)))
                 before_url = f"http://127.0.0.1:{before_port}"
                 http += [("before1", before_url, 1), ("before4", before_url, 4)]
             for rnd in range(args.rounds):
