@@ -23,7 +23,6 @@ import platform
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +36,7 @@ import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.bench_http import free_port, jpegs, serve_module
+from bench.bench_http import free_port, jpegs, serve_module, start_server
 from bench.report import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,23 +135,10 @@ class Figures:
 def measure(python_path: str | None, images: dict[str, tuple[bytes, str]], log_path: Path) -> Figures:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, **({"PYTHONPATH": python_path} if python_path else {})}
-    module = serve_module(Path(python_path) if python_path else None)
-    command = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = start_server(None, port, log_path, env={"PYTHONPATH": python_path} if python_path else None,
+                          ready_timeout_s=180, module=serve_module(Path(python_path) if python_path else None))
     figures = Figures()
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"spa-serve did not start:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
         [small] = jpegs(1)
         figures.small_alone_ms = 1e3 * statistics.median(post(url, small, "image/jpeg")[1] for _ in range(5))
         figures.idle_mb = status_mb(server.pid, "VmRSS")

@@ -124,12 +124,12 @@ def serve_module(root: Path | None = None) -> str:
     return "spa_service.http.cli"
 
 
-def start_server(model_dir: Path, port: int, log_path: Path, env: dict[str, str] | None = None,
+def start_server(model_dir: Path | None, port: int, log_path: Path, env: dict[str, str] | None = None,
                  ready_timeout_s: float = 120.0, module: str | None = None) -> subprocess.Popen:
     """spa-serve (as `python -m`, which also works where the package was installed without its scripts)
-    on `port`, once /readyz answers 200."""
-    command = [sys.executable, "-m", module or serve_module(), "--model-dir", str(model_dir), "--host", "127.0.0.1",
-               "--port", str(port)]
+    on `port` with `model_dir` (None: its default models), once /readyz answers 200."""
+    command = [sys.executable, "-m", module or serve_module(), *(["--model-dir", str(model_dir)] if model_dir else []),
+               "--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + ready_timeout_s

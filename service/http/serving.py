@@ -58,13 +58,13 @@ def release_freed_memory() -> None:
         pass
 
 
-
 @dataclass(frozen=True)
 class RequestOptions:
     """What one request asks of a model, once its query is read and checked against the model's card."""
 
     localize: LocalizeOptions
     heatmap: HeatmapFormat
+
 
 @dataclass
 class Processed:
