@@ -32,6 +32,10 @@ class Settings(BaseSettings):
         "auto", description="onnxruntime execution provider: auto = CUDA when available, else CPU"
     )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads; 0 = the cores this process may use")
+    ort_spinning: bool = Field(
+        False, description="Let onnxruntime's threads busy-wait for work (its default) instead of sleeping: "
+        "faster alone, slower beside decoding and HTTP (docs/performance.md)"
+    )
     # The CUDA provider's options (docs/gpu.md says why each default).
     cuda_device_id: int = Field(0, ge=0, description="GPU the CUDA provider runs on")
     cudnn_conv_algo_search: Literal["exhaustive", "heuristic", "default"] = Field(

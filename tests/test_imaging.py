@@ -23,6 +23,7 @@ from spa_service.errors import (
 )
 from spa_service.pipeline.heatmap_png import encode_heatmap_png, heatmap_to_uint8
 from spa_service.pipeline.imaging import (
+    DecodedImage,
     ImageHeader,
     decode_for_model,
     decode_image,
@@ -157,6 +158,20 @@ def test_preprocess_is_pil_bilinear_then_normalise() -> None:
         resized = np.asarray(decoded.image.resize((40, 32), Image.BILINEAR), dtype=np.float64) / 255.0
         expected = ((resized - np.array(MEAN)) / np.array(STD)).transpose(2, 0, 1)
         np.testing.assert_allclose(batch[i], expected, atol=1e-5)
+
+
+def test_preprocess_normalises_each_pixel_as_float32_arithmetic_does() -> None:
+    # Images already at the input size (decode_for_model's) are used as they are; the table lookup
+    # must give the very floats of (pixel - 255 mean) / (255 std) computed in float32.
+    rng = np.random.default_rng(4)
+    pixels = [rng.integers(0, 256, (32, 40, 3), dtype=np.uint8) for _ in range(2)]
+    images = [DecodedImage(image=Image.fromarray(p), format="PNG") for p in pixels]
+    batch = preprocess(images, input_size=(32, 40), mean=MEAN, std=STD)
+    mean, std = np.float32(255.0) * np.array(MEAN, np.float32), np.float32(255.0) * np.array(STD, np.float32)
+    for i, p in enumerate(pixels):
+        for y, x, c in [(0, 0, 0), (31, 39, 2), *zip(*(rng.integers(0, n, 50) for n in (32, 40, 3)))]:
+            expected = (np.float32(p[y, x, c]) - mean[c]) / std[c]
+            assert batch[i, c, y, x] == expected
 
 
 def test_heatmap_png_round_trips_values() -> None:

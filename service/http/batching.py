@@ -4,9 +4,9 @@ Requests enqueue (image, options) jobs on the event loop; one collector task tak
 `max_batch_size` jobs, waiting at most `max_delay_s` after the oldest one arrived for more
 (Triton's `max_queue_delay`), and runs the batch in a single worker thread: onnxruntime
 already uses every core, so two batches at once would only fight over them. Given a `finish`
-step (`Localizer.postprocess`), the worker thread runs only the backbone and the batch is
-finished in the `finisher` pool, so the next batch's backbone overlaps the last one's
-post-process instead of waiting for it. The queue is
+step (the service's post-process and rendering), the worker thread runs only the backbone and
+the batch is finished in the `finisher` pool, so the next batch's backbone overlaps the last
+one's post-process instead of waiting for it. The queue is
 bounded so that overload is answered at once (`Overloaded`) instead of piling up. Jobs whose
 request was cancelled (its client hung up) are skipped, and make room in the queue. Should the
 collector itself ever fail, every job waiting on it fails with `ModelUnavailable` and the owner
@@ -25,17 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from spa_service.pipeline.imaging import DecodedImage
-from spa_service.pipeline.localize import Localization, LocalizeOptions
 
 from ..errors import ModelUnavailable, Overloaded, ShuttingDown
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Without a finish step: the whole pipeline, one Localization per image. With one: the backbone
-# stage, whose result (a BackboneRun) `finish(result, options)` turns into the Localizations.
-LocalizeFn = Callable[[Sequence[DecodedImage], Sequence[LocalizeOptions]], Any]
-FinishFn = Callable[[Any, Sequence[LocalizeOptions]], list[Localization]]
+# Each job carries its image and the caller's options for it (whatever the two steps read).
+# Without a finish step: the whole pipeline, one result per image. With one: the backbone stage,
+# whose result (a BackboneRun) `finish(result, options)` turns into one result per image.
+LocalizeFn = Callable[[Sequence[DecodedImage], Sequence[Any]], Any]
+FinishFn = Callable[[Any, Sequence[Any]], list[Any]]
 BatchObserver = Callable[[int, float], None]
 MoreComing = Callable[[], bool]
 FailureObserver = Callable[[ModelUnavailable], None]
@@ -43,14 +43,15 @@ FailureObserver = Callable[[ModelUnavailable], None]
 
 @dataclass(frozen=True)
 class Batched:
-    localization: Localization
+    result: Any  # what the pipeline (or its finish step) gave for this image
     queue_ms: float  # from entering the queue until its batch started
+    batch_size: int  # images that shared its backbone call
 
 
 @dataclass
 class _Job:
     image: DecodedImage
-    options: LocalizeOptions
+    options: Any
     future: asyncio.Future[Batched]
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -112,7 +113,7 @@ class MicroBatcher:
         """Run `fn` on the inference thread, between batches (warm-up uses it)."""
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
 
-    def submit(self, items: Sequence[tuple[DecodedImage, LocalizeOptions]]) -> list[asyncio.Future[Batched]]:
+    def submit(self, items: Sequence[tuple[DecodedImage, Any]]) -> list[asyncio.Future[Batched]]:
         """Enqueue all items or none; raises Overloaded, ShuttingDown or ModelUnavailable."""
         if self.failure is not None:
             raise self.failure
@@ -241,10 +242,10 @@ class MicroBatcher:
             await self._execute([job])
 
     @staticmethod
-    def _deliver(batch: list[_Job], results: list[Localization], started: float) -> None:
+    def _deliver(batch: list[_Job], results: list[Any], started: float) -> None:
         for job, result in zip(batch, results):
             if not job.future.done():
-                job.future.set_result(Batched(result, (started - job.enqueued) * 1e3))
+                job.future.set_result(Batched(result, (started - job.enqueued) * 1e3, len(batch)))
 
     def _run(self, batch: list[_Job]) -> Any:
         result = self._localize([job.image for job in batch], [job.options for job in batch])
@@ -253,7 +254,7 @@ class MicroBatcher:
         return result
 
 
-def _check_count(results: list[Localization], batch: list[_Job]) -> None:
+def _check_count(results: list[Any], batch: list[_Job]) -> None:
     if len(results) != len(batch):
         raise RuntimeError(f"localize returned {len(results)} results for {len(batch)} images")
 

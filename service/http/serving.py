@@ -4,7 +4,9 @@ so the event loop only routes.
 
 A request flows: image headers (read off the loop) -> admission (cost known before any
 decoding) -> decode, straight to the model's input size -> micro-batcher (the backbone on the
-inference thread; the post-process in the CPU pool, overlapping the next batch's backbone) -> render. Each image's outcome is its own: a failure on one is that image's error.
+inference thread; the post-process and rendering of the response, in one CPU-pool task per
+batch, overlapping the next batch's backbone). Each image's outcome is its own: a failure on
+one is that image's error.
 A request cancelled because its client hung up (middleware.CancelOnDisconnect) drops its queued
 decodes, backbone jobs and PNGs, and counts its images in `spa_images_dropped`.
 """
@@ -28,7 +30,12 @@ from spa_service.pipeline.imaging import (
     decode_memory,
     read_header,
 )
-from spa_service.pipeline.localize import LocalizeOptions, Localizer
+from spa_service.pipeline.localize import (
+    BackboneRun,
+    Localization,
+    LocalizeOptions,
+    Localizer,
+)
 
 from ..errors import (
     ImageError,
@@ -39,7 +46,7 @@ from ..errors import (
 )
 from ..settings import Settings
 from .admission import Admission, Ticket, check_image_memory, image_work_mp
-from .batching import Batched, MicroBatcher
+from .batching import MicroBatcher
 from .metrics import Metrics
 from .render import render_localization
 from .schemas import HeatmapFormat, LocalizeParams, LocalizeResponse
@@ -129,7 +136,7 @@ class Service:
             on_batch=partial(self.metrics.observe_batch, self.name),
             on_failure=self._batcher_failed,
             worker=self.worker,
-            finish=localizer.postprocess,
+            finish=self._finish,
             finisher=self.cpu,
             more_coming=lambda: self._arriving > 0,
         )
@@ -254,20 +261,28 @@ class Service:
                 jobs.append((i, image, decode_ms))
         del decoded
         arriving.done()
-        futures = self.batcher.submit([(image, options.localize) for _, image, _ in jobs])
+        futures = self.batcher.submit([(image, options) for _, image, _ in jobs])
         results = await asyncio.gather(*futures, return_exceptions=True)
-        done: list[tuple[int, Batched, float]] = []
+        batch_size = 0
         for (i, _, decode_ms), result in zip(jobs, results):
             if isinstance(result, SpaError) and not isinstance(result, ImageError):
                 raise result  # the model stopped (ModelUnavailable) or is shutting down: the whole request
             if isinstance(result, BaseException):
                 outcomes[i] = self._failed(result, "localizing")
+            elif isinstance(result.result, ImageError):
+                outcomes[i] = result.result
             else:
-                done.append((i, result, decode_ms))
-        rendered = await asyncio.gather(*(self._render(result, options.heatmap, ms, started) for _, result, ms in done))
-        for (i, _, _), response in zip(done, rendered):
-            outcomes[i] = response
-        return max((result.localization.batch_size for _, result, _ in done), default=0)
+                response: LocalizeResponse = result.result
+                response.timings_ms = {
+                    "decode": decode_ms,
+                    "queue": result.queue_ms,
+                    **response.timings_ms,
+                    "total": (time.perf_counter() - started) * 1e3,
+                }
+                self.metrics.observe_stages(self.name, response.timings_ms)
+                outcomes[i] = response
+                batch_size = max(batch_size, result.batch_size)
+        return batch_size
 
     def _failed(self, exc: BaseException, stage: str) -> ProcessingFailed:
         log.error("model %s failed %s an image", self.name, stage, exc_info=exc)
@@ -296,24 +311,23 @@ class Service:
             if decode_memory(header, self.localizer.card.input_size) >= TRIM_AFTER_BYTES:
                 release_freed_memory()
 
-    async def _render(
-        self, done: Batched, heatmap: HeatmapFormat, decode_ms: float, started: float
-    ) -> LocalizeResponse | ImageError:
-        encode_started = time.perf_counter()
-        render = partial(
-            render_localization,
-            done.localization,
-            model_name=self.name,
-            heatmap=heatmap,
-            heatmap_max_side=self.settings.heatmap_max_side,
-            timings_ms={"decode": decode_ms, "queue": done.queue_ms},
-        )
+    def _finish(self, run: BackboneRun, options: Sequence[RequestOptions]) -> list[LocalizeResponse | ImageError]:
+        """The batcher's finish step, in the CPU pool: post-process a batch, then render each image's
+        response there too (one hand-off from the event loop for both)."""
+        localizations = self.localizer.postprocess(run, [o.localize for o in options])
+        return [self._render(localization, o.heatmap) for localization, o in zip(localizations, options)]
+
+    def _render(self, localization: Localization, heatmap: HeatmapFormat) -> LocalizeResponse | ImageError:
+        started = time.perf_counter()
         try:
-            response = await asyncio.get_running_loop().run_in_executor(self.cpu, render)
+            response = render_localization(
+                localization,
+                model_name=self.name,
+                heatmap=heatmap,
+                heatmap_max_side=self.settings.heatmap_max_side,
+                timings_ms={},
+            )
         except Exception as exc:  # noqa: BLE001 - a fault of ours on one image is that image's error
             return self._failed(exc, "rendering")
-        now = time.perf_counter()
-        response.timings_ms["encode"] = (now - encode_started) * 1e3
-        response.timings_ms["total"] = (now - started) * 1e3
-        self.metrics.observe_stages(self.name, response.timings_ms)
+        response.timings_ms["encode"] = (time.perf_counter() - started) * 1e3
         return response

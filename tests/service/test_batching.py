@@ -41,7 +41,7 @@ def batcher(fn: Recorder, *, size: int = 4, delay_ms: float = 1.0, queue: int = 
 
 
 async def results(futures) -> list[object]:
-    return [done.localization for done in await asyncio.gather(*futures)]
+    return [done.result for done in await asyncio.gather(*futures)]
 
 
 async def test_concurrent_jobs_share_batches_in_one_thread() -> None:
@@ -112,7 +112,7 @@ async def test_a_failing_image_does_not_fail_its_batch_mates() -> None:
     b.start()
     futures = b.submit([("a", None), ("bad", None), ("c", None)])
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
-    assert outcomes[0].localization == ("a", 1) and outcomes[2].localization == ("c", 1)
+    assert outcomes[0].result == ("a", 1) and outcomes[2].result == ("c", 1)
     assert isinstance(outcomes[1], ValueError)
     assert (await results(b.submit([("d", None)]))) == [("d", 1)]  # the collector lives on
     await b.close()
@@ -202,7 +202,7 @@ async def test_a_failing_finish_does_not_fail_its_batch_mates() -> None:
     b.start()
     futures = b.submit([("a", None), ("bad", None), ("c", None)])
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
-    assert outcomes[0].localization == ("a", 1, "finished") and outcomes[2].localization == ("c", 1, "finished")
+    assert outcomes[0].result == ("a", 1, "finished") and outcomes[2].result == ("c", 1, "finished")
     assert isinstance(outcomes[1], ValueError)
     assert fn.batches[0] == ["a", "bad", "c"]  # one backbone call for the three, then one by one
     await b.close()
