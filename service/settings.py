@@ -32,9 +32,9 @@ class Settings(BaseSettings):
         "auto", description="onnxruntime execution provider: auto = CUDA when available, else CPU"
     )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads; 0 = the cores this process may use")
-    ort_spinning: bool = Field(
-        False, description="Let onnxruntime's threads busy-wait for work (its default) instead of sleeping: "
-        "faster alone, slower beside decoding and HTTP (docs/performance.md)"
+    ort_spinning: Literal["always", "within-calls", "never"] = Field(
+        "never", description="When onnxruntime's threads busy-wait for work instead of sleeping: always (its "
+        "default: fastest alone), within-calls (not between calls), never (most left for decoding and HTTP)"
     )
     # The CUDA provider's options (docs/gpu.md says why each default).
     cuda_device_id: int = Field(0, ge=0, description="GPU the CUDA provider runs on")
@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     )
     heatmap_max_side: int = Field(
         1024, ge=16, description="Long side of returned heatmap PNGs, at most (the maps hold far less detail)"
+    )
+    heatmap_cell_px: int = Field(
+        32, ge=0, description="Pixels per map cell along a heatmap PNG's long side, at most (0: none): a 7 x 7 "
+        "map's PNG is then 224 px long, a few grey levels from the full-size one when stretched (docs/performance.md)"
     )
 
     max_batch_size: int = Field(8, ge=1, description="Most images gathered into one backbone call")

@@ -182,12 +182,18 @@ def test_session_options_are_deliberate() -> None:
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert session_options(1, spinning=True).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    within = session_options(1, spinning="within-calls")
+    assert within.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert within.get_session_config_entry("session.force_spinning_stop") == "1"
+    always = session_options(1, spinning="always")
+    assert always.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    with pytest.raises(RuntimeError, match="does not have"):
+        always.get_session_config_entry("session.force_spinning_stop")
 
 
 def test_spinning_follows_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = pooled_graph(tmp_path / "m.onnx", 5, ("class_map", "feat_a", "feat_b"))
-    for value, entry in (("true", "1"), ("false", "0")):
+    for value, entry in (("always", "1"), ("never", "0")):
         monkeypatch.setenv("SPA_ORT_SPINNING", value)
         engine = Engine.from_settings(path, card_for(path, 5), Settings(providers="cpu", intra_op_threads=1))
         assert engine.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == entry

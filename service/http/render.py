@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 
-from spa_service.pipeline.heatmap_png import encode_heatmap_png
+from spa_service.pipeline.heatmap_png import encode_heatmap_png, heatmap_png_max_side
 from spa_service.pipeline.localize import Localization
 
 from .schemas import PNG_DATA_URI_PREFIX, HeatmapFormat, LocalizeResponse, PredictionOut
@@ -19,6 +19,7 @@ def render_localization(
     model_name: str,
     heatmap: HeatmapFormat,
     heatmap_max_side: int,
+    heatmap_cell_px: int,
     timings_ms: dict[str, float],
 ) -> LocalizeResponse:
     """The response for one image; `timings_ms` holds the HTTP-side stages measured so far."""
@@ -26,7 +27,8 @@ def render_localization(
     for prediction in result.predictions:
         uri, size = None, None
         if heatmap == "png":
-            png, width, height = encode_heatmap_png(prediction.map, prediction.size, max_side=heatmap_max_side)
+            max_side = heatmap_png_max_side(prediction.map.shape, heatmap_max_side, heatmap_cell_px)
+            png, width, height = encode_heatmap_png(prediction.map, prediction.size, max_side=max_side)
             uri, size = PNG_DATA_URI_PREFIX + base64.b64encode(png).decode("ascii"), (width, height)
         predictions.append(
             PredictionOut(

@@ -71,8 +71,8 @@ class PredictionOut(BaseModel):
     boxes: list[Box] = Field(description="[x0, y0, x1, y1] in original-image pixels, inclusive")
     heatmap: str | None = Field(description="Grayscale 8-bit PNG data URI, value = round(255 * map); null if not asked")
     heatmap_size: tuple[int, int] | None = Field(
-        description="[width, height] of the heatmap PNG: the image size, or smaller when its long side is over "
-        "the server's heatmap limit"
+        description="[width, height] of the heatmap PNG: the image's proportions, the image size or smaller (its "
+        "long side at most the server's limit and 32 pixels per map cell by default); stretch it over the image"
     )
 
 

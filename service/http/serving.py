@@ -325,6 +325,7 @@ class Service:
                 model_name=self.name,
                 heatmap=heatmap,
                 heatmap_max_side=self.settings.heatmap_max_side,
+                heatmap_cell_px=self.settings.heatmap_cell_px,
                 timings_ms={},
             )
         except Exception as exc:  # noqa: BLE001 - a fault of ours on one image is that image's error

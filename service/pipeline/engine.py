@@ -143,7 +143,15 @@ def _cupy_view(value: ort.OrtValue) -> Any:
     return cupy.ndarray(shape, dtype=cupy.float32, memptr=cupy.cuda.MemoryPointer(memory, 0))
 
 
-def session_options(threads: int, *, spinning: bool = False) -> ort.SessionOptions:
+Spinning = Literal["always", "within-calls", "never"]
+_SPIN_CONFIG: dict[str, dict[str, str]] = {
+    "always": {"session.intra_op.allow_spinning": "1"},  # onnxruntime's default
+    "within-calls": {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"},
+    "never": {"session.intra_op.allow_spinning": "0"},
+}
+
+
+def session_options(threads: int, *, spinning: Spinning = "never") -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # One model call at a time: a single stream of batched work wants all cores on each operator.
@@ -152,9 +160,10 @@ def session_options(threads: int, *, spinning: bool = False) -> ort.SessionOptio
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     # onnxruntime's worker threads busy-wait for work by default, during a call and after it. In a
-    # server the cores they hold are the ones decoding, post-processing and answering HTTP need:
-    # asleep, they cost a lone call ~1 ms and give four clients ~10 % more throughput (docs/performance.md).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    # server the cores they hold are the ones decoding, post-processing and answering HTTP need
+    # (SPA_ORT_SPINNING; the trade measured in docs/performance.md).
+    for key, value in _SPIN_CONFIG[spinning].items():
+        options.add_session_config_entry(key, value)
     return options
 
 
@@ -168,7 +177,7 @@ class Engine:
         *,
         providers: ProviderChoice = "auto",
         intra_op_threads: int = 0,
-        spinning: bool = False,
+        spinning: Spinning = "never",
         cuda: CudaOptions = CudaOptions(),
     ) -> None:
         self.card = card

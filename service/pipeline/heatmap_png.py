@@ -24,6 +24,13 @@ def heatmap_png_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def heatmap_png_max_side(map_shape: tuple[int, ...], max_side: int, cell_px: int) -> int:
+    """The long side a map's PNG may have: `max_side`, and with `cell_px` > 0 at most `cell_px` pixels
+    per cell of the (h, w) map along its long side. A bilinear upsample holds no detail the map lacks:
+    at 32 pixels a cell, stretched back to the image, it is within a few grey levels of the full-size one."""
+    return max_side if cell_px == 0 else min(max_side, cell_px * max(map_shape[-2:]))
+
+
 def encode_heatmap_png(map_: Array, size: tuple[int, int], *, max_side: int) -> tuple[bytes, int, int]:
     """Grayscale 8-bit PNG, value round(255 * heatmap), of a (h, w) map resized to `size` = (H, W).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import httpx
 import numpy as np
 import pytest
@@ -159,3 +160,23 @@ async def test_exif_orientation_is_applied(client: httpx.AsyncClient) -> None:
     body = response.json()
     assert (body["width"], body["height"]) == (40, 80)
     assert body["predictions"][0]["heatmap_size"] == [40, 80]
+
+
+async def test_heatmap_pngs_carry_the_maps_detail_not_the_images_size(settings_for) -> None:
+    # 32 pixels per map cell by default: a large photo's PNG is the map at that size, stretched by clients.
+    data = make_image(0, size=(900, 600))
+    async with serving(create_app(settings_for())) as client:
+        capped = (await client.post("/v1/localize", files={"image": ("i.png", data)})).json()
+    async with serving(create_app(settings_for(heatmap_cell_px=0))) as client:
+        full = (await client.post("/v1/localize", files={"image": ("i.png", data)})).json()
+    map_side = max(reference(Localizer.from_settings(settings_for()), data).predictions[0].map.shape)
+    [capped_prediction], [full_prediction] = capped["predictions"], full["predictions"]
+    assert full_prediction["heatmap_size"] == [900, 600]
+    width, height = capped_prediction["heatmap_size"]
+    heatmap = np.asarray(png_from_data_uri(capped_prediction["heatmap"]))
+    assert heatmap.shape == (height, width) and width < 900 and abs(width / height - 1.5) < 0.01
+    stretched = cv2.resize(heatmap, (900, 600), interpolation=cv2.INTER_LINEAR).astype(int)
+    exact = np.asarray(png_from_data_uri(full_prediction["heatmap"])).astype(int)
+    assert np.abs(stretched - exact).max() <= 8 and np.abs(stretched - exact).mean() < 1.0
+    assert capped_prediction["boxes"] == full_prediction["boxes"]
+    assert width == 32 * map_side

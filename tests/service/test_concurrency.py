@@ -176,7 +176,7 @@ async def test_shutdown_turns_readiness_off_first_and_drains(settings_for) -> No
 
 
 async def test_with_jpeg_draft_a_big_photo_is_answered_in_its_own_coordinates(settings_for) -> None:
-    settings = settings_for(jpeg_draft=True)
+    settings = settings_for(jpeg_draft=True, heatmap_cell_px=0)  # the heatmap at the photo's own size
     localizer = Localizer.from_settings(settings)
     side = 4 * max(localizer.card.input_size)  # decoded at half scale or less
     pixels = np.random.default_rng(5).integers(0, 255, (12, 16, 3), dtype=np.uint8)
