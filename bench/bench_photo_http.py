@@ -74,6 +74,7 @@ def photos() -> list[bytes]:
 class Stage:
     latencies_ms: list[list[float]] = field(default_factory=list)  # per round
     rates: list[float] = field(default_factory=list)  # images per second, per round
+    cpu_ms: list[float] = field(default_factory=list)  # CPU time per image (the process doing the work), per round
 
     def median_ms(self, rnd: int) -> float:
         return statistics.median(self.latencies_ms[rnd])
@@ -138,6 +139,12 @@ def post(connection: http.client.HTTPConnection, body: bytes) -> int:
     return response.status
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_line() -> str:
     try:
         info = Path("/proc/cpuinfo").read_text()
@@ -200,11 +207,16 @@ def main(argv: list[str] | None = None) -> None:
                 http += [("before1", before_url, 1), ("before4", before_url, 4)]
             for rnd in range(args.rounds):
                 for name, fn in (("raw", raw), ("localizer", localize)):
+                    cpu_before = time.process_time()
                     latencies, rate = timed_loop(fn, args.seconds)
+                    stages[name].cpu_ms.append((time.process_time() - cpu_before) / len(latencies) * 1e3)
                     stages[name].latencies_ms.append(latencies)
                     stages[name].rates.append(rate)
                 for name, server_url, clients in http:
+                    pid = servers[0 if name.startswith("http") else 1].pid
+                    cpu_before = process_cpu_s(pid)
                     latencies, rate, failed = http_round(server_url, images, clients, args.seconds)
+                    stages[name].cpu_ms.append((process_cpu_s(pid) - cpu_before) / max(1, len(latencies)) * 1e3)
                     stages[name].latencies_ms.append(latencies)
                     stages[name].rates.append(rate)
                     errors += failed
@@ -237,8 +249,8 @@ def markdown(stages: dict[str, Stage], errors: int, command: str, card, load, ar
     latency_ratio = med(h1.median_ms(r) for r in rounds) / raw_ms
     throughput_share = med(h4.rates) / raw_rate
     rows = [
-        "| stage | p50 ms | img/s | p50 vs raw | img/s vs raw |",
-        "|---|---:|---:|---:|---:|",
+        "| stage | p50 ms | img/s | p50 vs raw | img/s vs raw | CPU ms per image |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     labels = {
         "raw": "raw backbone (onnxruntime defaults, batch 1, in process)",
@@ -252,7 +264,7 @@ def markdown(stages: dict[str, Stage], errors: int, command: str, card, load, ar
         rows.append(
             f"| {labels[name]} | {med(stage.median_ms(r) for r in rounds):.1f} | {med(stage.rates):.1f} "
             f"| {med(stage.median_ms(r) for r in rounds) / raw_ms:.2f}x "
-            f"| {med(stage.rates) / raw_rate:.0%} |"
+            f"| {med(stage.rates) / raw_rate:.0%} | {med(stage.cpu_ms):.1f} |"
         )
     meets = lambda ok: "meets" if ok else "misses"  # noqa: E731
     return "\n".join([
@@ -265,7 +277,8 @@ def markdown(stages: dict[str, Stage], errors: int, command: str, card, load, ar
         f"{PHOTO_SIZE[0]} x {PHOTO_SIZE[1]} and re-encoded (JPEG q90); default query (top-1, SCG, heatmap PNG), "
         f"default server settings, loopback, keep-alive http.client clients (a thread each). {args.rounds} rounds of {args.seconds:g} s per stage, stages "
         "alternating; each figure is the median over rounds of that round's median (latency) or rate; ratios are "
-        "to the raw backbone's best round (its lowest p50, its highest rate).",
+        "to the raw backbone's best round (its lowest p50, its highest rate). CPU ms per image: CPU time of the "
+        "process doing the work (this one in process, the server over HTTP; all threads) over images done.",
         f"CPU: {cpu_line()}, {len(os.sched_getaffinity(0))} cores; onnxruntime {ort.__version__}, Python "
         f"{platform.python_version()}; load average (1 min) {load[0][0]:.1f} before, {load[1][0]:.1f} after "
         "(other work on the machine shows up here).",

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import make_image, serving, until
+from spa_service.http import serving as serving_module
 from spa_service.http.app import create_app
 from spa_service.pipeline.imaging import DecodedImage
 from spa_service.pipeline.localize import BackboneRun, Localizer
@@ -153,6 +154,33 @@ async def test_one_images_inference_failure_is_its_own_error_entry(settings_for)
         single = await client.post("/v1/localize", files={"image": ("b.png", make_image(5, (77, 40)))})
         assert single.status_code == 500 and single.json()["error"]["code"] == "processing_failed"
         assert (await client.get("/readyz")).status_code == 200  # one image's failure is not the model's
+
+
+@pytest.mark.anyio
+async def test_one_images_rendering_failure_is_its_own_error_entry(settings_for, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rendering runs in the batch's finish step: a failure there must stay that image's, not its batch's.
+    render = serving_module.render_localization
+
+    def failing_on_77(localization, **kwargs):
+        if localization.width == 77:
+            raise RuntimeError("rendering failed")
+        return render(localization, **kwargs)
+
+    monkeypatch.setattr(serving_module, "render_localization", failing_on_77)
+    settings = settings_for(max_batch_size=8, max_queue_delay_ms=50)
+    localizer = Localizer.from_settings(settings)
+    backbone, batches = localizer.run_backbone, []
+    localizer.run_backbone = lambda images: (batches.append(len(images)), backbone(images))[1]
+    async with serving(create_app(settings, localizer)) as client:
+        batches.clear()  # the warm-up's
+        files = [("images", (f"{i}.png", make_image(i, (width, 40)))) for i, width in enumerate((60, 77, 90))]
+        response = await client.post("/v1/localize/batch", files=files)
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert [r.get("width") for r in results] == [60, None, 90]
+        assert results[1]["error"]["code"] == "processing_failed"
+        assert batches == [3]  # the batch was not run again image by image
+        assert (await client.get("/readyz")).status_code == 200
 
 
 @pytest.mark.anyio
