@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import io
 import os
 import platform
@@ -21,13 +22,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import onnxruntime as ort
 from PIL import Image
 from spa_service.settings import BUNDLED_MODEL_DIR
 
-from bench.bench_http import free_port, start_server
+from bench.bench_http import free_port, post_image, start_server
 from bench.report import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +51,13 @@ def rss_mb(pid: int, field: str) -> float:
     raise RuntimeError(f"no {field}")
 
 
-def post(url: str, data: bytes, query: dict) -> float:
+def post(connection: http.client.HTTPConnection, data: bytes, query: dict) -> float:
+    """Milliseconds for one request on a kept-alive connection (a new client per request would add its
+    own start-up to every size alike, flattering the ratios)."""
     started = time.perf_counter()
-    response = httpx.post(f"{url}/v1/localize", params=query, files={"image": ("i.jpg", data)}, timeout=300)
-    response.raise_for_status()
+    status = post_image(connection, data, "/v1/localize?" + urlencode(query))
+    if status != 200:
+        raise RuntimeError(f"HTTP {status}")
     return (time.perf_counter() - started) * 1e3
 
 
@@ -77,22 +82,25 @@ def main() -> None:
         server = start_server(BUNDLED_MODEL_DIR, port, Path(tmp) / "server.log",
                               env={"SPA_JPEG_DRAFT": "true" if args.draft else "false"})
         url = f"http://127.0.0.1:{port}"
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         try:
             idle = rss_mb(server.pid, "VmRSS")
             peaks = {}
             for size in SIZES:  # ascending: each high-water mark belongs to this size
-                post(url, images[size], {"topk": 8})
+                post(connection, images[size], {"topk": 8})
                 peaks[size] = rss_mb(server.pid, "VmHWM")
             after_one = rss_mb(server.pid, "VmRSS")
             asyncio.run(four_at_once(url, images[SIZES[-1]]))
+            connection.close()  # it may have idled past the server's keep-alive: the next request reopens it
             peak_four = rss_mb(server.pid, "VmHWM")
             times: dict[tuple, list[float]] = {(size, i): [] for size in SIZES for i in range(len(QUERIES))}
             for _ in range(args.rounds):
                 for size in SIZES:
                     for i, query in enumerate(QUERIES):
-                        times[(size, i)].append(post(url, images[size], query))
+                        times[(size, i)].append(post(connection, images[size], query))
             after_all = rss_mb(server.pid, "VmRSS")
         finally:
+            connection.close()
             server.terminate()
             server.wait(60)
     small = {i: statistics.median(times[(SIZES[0], i)]) for i in range(len(QUERIES))}
@@ -117,8 +125,9 @@ def main() -> None:
             f"{len(os.sched_getaffinity(0))} cores, onnxruntime {ort.__version__} CPU; load average "
             f"{load_before:.1f} before the run: other work on the machine shows up here).",
             "",
-            "Median ms per request over the rounds, sizes alternating; peak RSS is the server's high-water "
-            "mark after its first request of that size (ascending sizes).",
+            "Median ms per request over the rounds (one kept-alive http.client connection, JPEG bodies), sizes "
+            "alternating; peak RSS is the server's high-water mark after its first request of that size "
+            "(ascending sizes).",
             "",
             *lines,
             "",

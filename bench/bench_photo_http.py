@@ -47,7 +47,7 @@ from spa_service.pipeline.preprocess import preprocess
 from spa_service.settings import Settings
 from spa_service.threads import limit_blas_threads
 
-from bench.bench_http import free_port, serve_module, start_server
+from bench.bench_http import free_port, post_image, serve_module, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "imagenet-lite0"
@@ -94,8 +94,7 @@ def timed_loop(fn: Callable[[int], object], seconds: float) -> tuple[list[float]
 def http_round(url: str, images: list[bytes], clients: int, seconds: float) -> tuple[list[float], float, int]:
     """`clients` keep-alive clients, a thread each, posting one photo after another: latencies, req/s, errors.
 
-    The standard library's http.client, not httpx: on this 2-core machine httpx's own work took ~2.3 ms
-    of CPU and ~3.6 ms of a lone request's latency, charged to the server it measures (docs/performance.md).
+    With the standard library's client (`bench_http.post_image`).
     """
     address = urlsplit(url)
     latencies: list[float] = []
@@ -107,13 +106,13 @@ def http_round(url: str, images: list[bytes], clients: int, seconds: float) -> t
         nonlocal errors
         connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
         i = first
-        post(connection, images[i % len(images)])  # the connection opens before the clock
+        post_image(connection, images[i % len(images)])  # the connection opens before the clock
         start.wait()
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             i += clients
             t0 = time.perf_counter()
-            status = post(connection, images[i % len(images)])
+            status = post_image(connection, images[i % len(images)])
             with lock:
                 if status == 200:
                     latencies.append((time.perf_counter() - t0) * 1e3)
@@ -129,14 +128,6 @@ def http_round(url: str, images: list[bytes], clients: int, seconds: float) -> t
     for thread in threads:
         thread.join()
     return latencies, len(latencies) / (time.perf_counter() - started), errors
-
-
-def post(connection: http.client.HTTPConnection, body: bytes) -> int:
-    """POST one JPEG to /v1/localize on a kept-alive connection; the status (the body is read and dropped)."""
-    connection.request("POST", "/v1/localize", body=body, headers={"Content-Type": "image/jpeg"})
-    response = connection.getresponse()
-    response.read()
-    return response.status
 
 
 def process_cpu_s(pid: int) -> float:
