@@ -9,13 +9,15 @@ One run, in rounds; each round measures in turn, for the same photos:
   http x4   the same, four keep-alive clients;
 and with --baseline DIR, http x1 and x4 once more against a second spa-serve importing spa_service
 from DIR (a checkout of older code: DIR/spa_service and DIR/spa_models linking to its service/ and
-models/), so that before and after are measured in the same rounds.
-The server is idle while the in-process stages run. Per round: median latencies and throughputs;
-the report gives medians over rounds of each figure and of each ratio. Photos: the project's real
-photos (tests/data and the model's samples), each also mirrored, resized to 500 x 375 (bicubic) and
-re-encoded as JPEG quality 90. Results go to BENCHMARKS.md (section "http-photo-side").
+models/), so that before and after are measured in the same rounds; with --variant SETTINGS, the
+same against a spa-serve run with those SPA_* settings (e.g. SPA_ORT_SPINNING=always).
+The servers are idle while the in-process stages run. Per round: median latencies, throughputs
+and CPU time per image; the report gives medians over rounds, ratios to the raw backbone's best
+round. Photos: the project's real photos (tests/data and the model's samples), each also mirrored,
+resized to 500 x 375 (bicubic) and re-encoded as JPEG quality 90. Results go to BENCHMARKS.md
+(section "http-photo-side", or "http-photo-variants" with --variant).
 
-    python -m bench.bench_photo_http [--rounds 5] [--seconds 4] [--baseline DIR] [--no-report]
+    python -m bench.bench_photo_http [--rounds 5] [--seconds 4] [--baseline DIR] [--variant SETTINGS ...] [--no-report]
 """
 
 from __future__ import annotations
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-report", action="store_true", help="print only; leave BENCHMARKS.md alone")
     parser.add_argument("--baseline", type=Path, help="a directory holding older spa_service and spa_models packages")
     parser.add_argument("--server-pid-file", type=Path, help="write the server's pid here (for a profiler)")
+    parser.add_argument("--variant", action="append", default=[], metavar="SPA_X=V[,SPA_Y=W]",
+                        help="also measure a spa-serve with these settings (repeatable), in the same rounds")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "bench.bench_photo_http", *(argv if argv is not None else sys.argv[1:])])
     limit_blas_threads()  # the in-process stages then run as they do inside spa-serve
@@ -167,7 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     decoded = [decode_for_model(data, max_pixels=10**8, input_size=card.input_size) for data in images]
     tensors = [preprocess([d], input_size=card.input_size, mean=card.mean, std=card.std) for d in decoded]
     options = [LocalizeOptions()]
+    variants = {variant: dict(item.split("=", 1) for item in variant.split(",")) for variant in args.variant}
     names = ["raw", "localizer", "http1", "http4"] + (["before1", "before4"] if args.baseline else [])
+    names += [f"{variant} x{clients}" for variant in variants for clients in (1, 4)]
     stages = {name: Stage() for name in names}
     errors = 0
     load_before = os.getloadavg()
@@ -188,14 +194,19 @@ def main(argv: list[str] | None = None) -> None:
         url = f"http://127.0.0.1:{port}"
         servers = [server]
         try:
-            http = [("http1", url, 1), ("http4", url, 4)]
+            http = [("http1", url, 1, server), ("http4", url, 4, server)]
             if args.baseline:
                 before_port = free_port()
-                servers.append(start_server(args.model_dir, before_port, Path(tmp) / "before.log",
-                                            env={"PYTHONPATH": str(args.baseline.resolve())},
-                                            module=serve_module(args.baseline)))
+                before = start_server(args.model_dir, before_port, Path(tmp) / "before.log",
+                                      env={"PYTHONPATH": str(args.baseline.resolve())}, module=serve_module(args.baseline))
+                servers.append(before)
                 before_url = f"http://127.0.0.1:{before_port}"
-                http += [("before1", before_url, 1), ("before4", before_url, 4)]
+                http += [("before1", before_url, 1, before), ("before4", before_url, 4, before)]
+            for k, (variant, env) in enumerate(variants.items()):
+                variant_port = free_port()
+                servers.append(start_server(args.model_dir, variant_port, Path(tmp) / f"variant{k}.log", env=env))
+                http += [(f"{variant} x{clients}", f"http://127.0.0.1:{variant_port}", clients, servers[-1])
+                         for clients in (1, 4)]
             for rnd in range(args.rounds):
                 for name, fn in (("raw", raw), ("localizer", localize)):
                     cpu_before = time.process_time()
@@ -203,8 +214,8 @@ def main(argv: list[str] | None = None) -> None:
                     stages[name].cpu_ms.append((time.process_time() - cpu_before) / len(latencies) * 1e3)
                     stages[name].latencies_ms.append(latencies)
                     stages[name].rates.append(rate)
-                for name, server_url, clients in http:
-                    pid = servers[0 if name.startswith("http") else 1].pid
+                for name, server_url, clients, process in http:
+                    pid = process.pid
                     cpu_before = process_cpu_s(pid)
                     latencies, rate, failed = http_round(server_url, images, clients, args.seconds)
                     stages[name].cpu_ms.append((process_cpu_s(pid) - cpu_before) / max(1, len(latencies)) * 1e3)
@@ -224,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_report:
         from bench.report import update_section
 
-        update_section("http-photo-side", report)
+        update_section("http-photo-variants" if args.variant else "http-photo-side", report)
 
 
 def markdown(stages: dict[str, Stage], errors: int, command: str, card, load, args) -> str:
@@ -252,8 +263,10 @@ def markdown(stages: dict[str, Stage], errors: int, command: str, card, load, ar
         "before4": "before (--baseline), 4 keep-alive clients",
     }
     for name, stage in stages.items():
+        variant, _, clients = name.rpartition(" x")
+        label = labels.get(name) or f"spa-serve with {variant}, {clients} keep-alive client{'s' if clients != '1' else ''}"
         rows.append(
-            f"| {labels[name]} | {med(stage.median_ms(r) for r in rounds):.1f} | {med(stage.rates):.1f} "
+            f"| {label} | {med(stage.median_ms(r) for r in rounds):.1f} | {med(stage.rates):.1f} "
             f"| {med(stage.median_ms(r) for r in rounds) / raw_ms:.2f}x "
             f"| {med(stage.rates) / raw_rate:.0%} | {med(stage.cpu_ms):.1f} |"
         )
