@@ -139,18 +139,23 @@ async def test_a_client_that_hangs_up_cancels_its_queued_work(settings_for) -> N
     assert metrics[("spa_requests_total", (("route", "/v1/localize"), ("status", "499")))] == 1
 
 
+async def only_the_77_wide_image_fails(client: httpx.AsyncClient) -> None:
+    """A batch of images 60, 77 and 90 wide: the 77-wide one, and only it, is a processing_failed entry."""
+    files = [("images", (f"{i}.png", make_image(i, (width, 40)))) for i, width in enumerate((60, 77, 90))]
+    response = await client.post("/v1/localize/batch", files=files)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r.get("width") for r in results] == [60, None, 90]
+    assert results[1]["error"]["code"] == "processing_failed"
+
+
 @pytest.mark.anyio
 async def test_one_images_inference_failure_is_its_own_error_entry(settings_for) -> None:
     settings = settings_for(max_batch_size=8, max_queue_delay_ms=50)
     localizer = GatedLocalizer(Localizer.from_settings(settings), fail_width=77)
     app = create_app(settings, localizer)
     async with serving(app) as client:
-        files = [("images", (f"{i}.png", make_image(i, (width, 40)))) for i, width in enumerate((60, 77, 90))]
-        response = await client.post("/v1/localize/batch", files=files)
-        assert response.status_code == 200, response.text
-        results = response.json()["results"]
-        assert [r.get("width") for r in results] == [60, None, 90]
-        assert results[1]["error"]["code"] == "processing_failed"
+        await only_the_77_wide_image_fails(client)
         single = await client.post("/v1/localize", files={"image": ("b.png", make_image(5, (77, 40)))})
         assert single.status_code == 500 and single.json()["error"]["code"] == "processing_failed"
         assert (await client.get("/readyz")).status_code == 200  # one image's failure is not the model's
@@ -173,12 +178,7 @@ async def test_one_images_rendering_failure_is_its_own_error_entry(settings_for,
     localizer.run_backbone = lambda images: (batches.append(len(images)), backbone(images))[1]
     async with serving(create_app(settings, localizer)) as client:
         batches.clear()  # the warm-up's
-        files = [("images", (f"{i}.png", make_image(i, (width, 40)))) for i, width in enumerate((60, 77, 90))]
-        response = await client.post("/v1/localize/batch", files=files)
-        assert response.status_code == 200, response.text
-        results = response.json()["results"]
-        assert [r.get("width") for r in results] == [60, None, 90]
-        assert results[1]["error"]["code"] == "processing_failed"
+        await only_the_77_wide_image_fails(client)
         assert batches == [3]  # the batch was not run again image by image
         assert (await client.get("/readyz")).status_code == 200
 
