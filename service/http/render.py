@@ -20,9 +20,8 @@ def render_localization(
     heatmap: HeatmapFormat,
     heatmap_max_side: int,
     heatmap_cell_px: int,
-    timings_ms: dict[str, float],
 ) -> LocalizeResponse:
-    """The response for one image; `timings_ms` holds the HTTP-side stages measured so far."""
+    """The response for one image, with the pipeline's stage timings (the service adds its own)."""
     predictions = []
     for prediction in result.predictions:
         uri, size = None, None
@@ -45,5 +44,5 @@ def render_localization(
         width=result.width,
         height=result.height,
         predictions=predictions,
-        timings_ms={**timings_ms, **result.timings_ms},
+        timings_ms=dict(result.timings_ms),
     )

@@ -326,7 +326,6 @@ class Service:
                 heatmap=heatmap,
                 heatmap_max_side=self.settings.heatmap_max_side,
                 heatmap_cell_px=self.settings.heatmap_cell_px,
-                timings_ms={},
             )
         except Exception as exc:  # noqa: BLE001 - a fault of ours on one image is that image's error
             return self._failed(exc, "rendering")

@@ -65,7 +65,7 @@ def test_postprocess_of_a_36_mp_image_allocates_no_full_size_maps(tiny_model_dir
     assert prediction.boxes == full_size_boxes(resize_maps(prediction.map[None], BIG), threshold, "largest")[0]
     tracemalloc.start()
     try:
-        render_localization(result, model_name="m", heatmap="png", heatmap_max_side=2048, heatmap_cell_px=0, timings_ms={})
+        render_localization(result, model_name="m", heatmap="png", heatmap_max_side=2048, heatmap_cell_px=0)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
