@@ -19,9 +19,9 @@ import httpx
 import numpy as np
 
 from spa_service.pipeline.heatmap_png import heatmap_to_uint8
-
 from spa_service.pipeline.imaging import decode_image
 from spa_service.pipeline.localize import Localizer, LocalizeOptions
+from spa_service.pipeline.resize import resize_maps
 from spa_service.settings import Settings
 
 
@@ -88,7 +88,9 @@ def check_answers(client: httpx.Client, model_dir: Path) -> None:
                     fail(f"{path.name} {params}: boxes {g['boxes']} != {w.boxes}")
                 png = base64.b64decode(g["heatmap"].split(",", 1)[1])
                 pixels = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
-                diff = np.abs(pixels.astype(int) - heatmap_to_uint8(w.heatmap_at_image_size()).astype(int))
+                width, height = g["heatmap_size"]  # the image's size, or smaller (the map's detail, the side limit)
+                expected = heatmap_to_uint8(resize_maps(w.map, (height, width)))
+                diff = np.abs(pixels.astype(int) - expected.astype(int))
                 if diff.max() > 1:
                     fail(f"{path.name} {params}: heatmap differs by up to {diff.max()} levels")
     say(f"answers equal the host's for {len(samples)} images x {len(cases)} option sets")
