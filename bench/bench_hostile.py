@@ -17,17 +17,14 @@ in the same run, on the same machine.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import platform
 import socket
 import statistics
-import struct
 import sys
 import tempfile
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,29 +37,13 @@ from bench.bench_http import free_port, jpegs, serve_module, start_server
 from bench.report import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the hostile files, built as the tests build them
+
+from helpers.hostile_files import blocks, encode, text_bomb_png  # noqa: E402
+
 PHOTO = ROOT / "tests" / "data" / "chelsea.jpg"
 HUNG_UP_CLIENTS = 32
 FLOOD_CLIENTS, FLOOD_ROUNDS, FLOOD_IMAGES = 4, 6, 16
-
-
-def encode(image: Image.Image, fmt: str, **kw: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **kw)
-    return buffer.getvalue()
-
-
-def blocks(dtype: type, size: int = 6000, block: int = 500) -> np.ndarray:
-    values = np.random.default_rng(0).integers(0, 65536, (size // block, size // block)).astype(dtype)
-    return np.repeat(np.repeat(values, block, axis=0), block, axis=1)
-
-
-def text_bomb_png(seed: int) -> bytes:
-    """A 16 x 16 PNG of 60 KB: 60 zTXt chunks of 1 KB, each inflating to 1 MB, before its pixels."""
-    chunk = b"zTXt" + b"k\0\0" + zlib.compress(b"\0" * 1_000_000, 9)
-    chunks = (struct.pack(">I", len(chunk) - 4) + chunk + struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)) * 60
-    pixels = np.random.default_rng(seed).integers(0, 255, (16, 16, 3), dtype=np.uint8)
-    small = encode(Image.fromarray(pixels), "PNG")
-    return small[:33] + chunks + small[33:]
 
 
 def uploads() -> dict[str, tuple[bytes, str]]:

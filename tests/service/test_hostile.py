@@ -4,18 +4,16 @@ clients that left, failures that spread. Each row of issue 20's table, through t
 from __future__ import annotations
 
 import asyncio
-import io
 import socket
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from helpers.hostile_files import blocks, encode, text_bomb_png
 from helpers.serve import Server, spa_serve, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,18 +27,6 @@ from spa_service.pipeline.localize import BackboneRun, Localizer
 from spa_service.settings import BUNDLED_MODEL_DIR, BUNDLED_PHOTO_MODEL_DIR
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-def encode(image: Image.Image, fmt: str, **kw: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **kw)
-    return buffer.getvalue()
-
-
-def blocks(dtype: type, size: int = 6000, block: int = 500) -> np.ndarray:
-    """A size x size image of flat random blocks: tens of MB of pixels, a few hundred KB compressed."""
-    values = np.random.default_rng(0).integers(0, 65536, (size // block, size // block)).astype(dtype)
-    return np.repeat(np.repeat(values, block, axis=0), block, axis=1)
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -301,15 +287,6 @@ def test_uploads_that_cost_far_more_than_their_bytes(server: Server) -> None:
     four = status_kb(pid, "VmHWM")
     assert four <= 1200, f"four at once: peak {four:.0f} MB (idle {idle:.0f} MB)"  # before: 2.5 GB for two
     wait_for(lambda: status_kb(pid, "VmRSS") <= idle + 150, timeout_s=30)  # before: stayed near 2 GB
-
-
-def text_bomb_png(seed: int) -> bytes:
-    """A tiny PNG (60 KB) carrying 60 zTXt chunks of 1 KB that each inflate to 1 MB."""
-    inflating = zlib.compress(b"\0" * 1_000_000, 9)
-    chunk = b"zTXt" + b"k\0\0" + inflating
-    chunks = (struct.pack(">I", len(chunk) - 4) + chunk + struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)) * 60
-    small = make_image(seed, (16, 16))
-    return small[:33] + chunks + small[33:]
 
 
 @pytest.mark.system
