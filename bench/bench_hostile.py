@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.bench_http import free_port, jpegs, serve_module, start_server
+from bench.bench_http import free_port, jpegs, serve_module, start_server, status_mb
 from bench.report import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,13 +58,6 @@ def uploads() -> dict[str, tuple[bytes, str]]:
             encode(Image.fromarray(blocks(np.float32)), "TIFF", compression="tiff_adobe_deflate"), "image/tiff"),
         "JPEG photo 6000 x 6000": (encode(photo.resize((6000, 6000), Image.BICUBIC), "JPEG", quality=90), "image/jpeg"),
     }
-
-
-def status_mb(pid: int, field_name: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field_name}")
 
 
 def reset_peak(pid: int) -> None:

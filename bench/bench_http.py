@@ -14,8 +14,8 @@ weighs on both sides of each ratio alike. Results go to BENCHMARKS.md (section "
 from __future__ import annotations
 
 import argparse
-import http.client
 import asyncio
+import http.client
 import io
 import os
 import platform
@@ -123,6 +123,14 @@ def serve_module(root: Path | None = None) -> str:
     if root is not None and not (root / "spa_service" / "http" / "cli.py").exists():
         return "spa_service.cli"
     return "spa_service.http.cli"
+
+
+def status_mb(pid: int, field_name: str) -> float:
+    """A memory figure of process `pid` from /proc/PID/status (VmRSS, VmHWM, ...), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field_name}")
 
 
 def post_image(connection: http.client.HTTPConnection, body: bytes, path: str = "/v1/localize") -> int:

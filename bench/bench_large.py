@@ -29,7 +29,7 @@ import onnxruntime as ort
 from PIL import Image
 from spa_service.settings import BUNDLED_MODEL_DIR
 
-from bench.bench_http import free_port, post_image, start_server
+from bench.bench_http import free_port, post_image, start_server, status_mb
 from bench.report import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,13 +42,6 @@ def jpeg(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.open(PHOTO).convert("RGB").resize((width, height), Image.BICUBIC).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
-
-
-def rss_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field}")
 
 
 def post(connection: http.client.HTTPConnection, data: bytes, query: dict) -> float:
@@ -84,21 +77,21 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         try:
-            idle = rss_mb(server.pid, "VmRSS")
+            idle = status_mb(server.pid, "VmRSS")
             peaks = {}
             for size in SIZES:  # ascending: each high-water mark belongs to this size
                 post(connection, images[size], {"topk": 8})
-                peaks[size] = rss_mb(server.pid, "VmHWM")
-            after_one = rss_mb(server.pid, "VmRSS")
+                peaks[size] = status_mb(server.pid, "VmHWM")
+            after_one = status_mb(server.pid, "VmRSS")
             asyncio.run(four_at_once(url, images[SIZES[-1]]))
             connection.close()  # it may have idled past the server's keep-alive: the next request reopens it
-            peak_four = rss_mb(server.pid, "VmHWM")
+            peak_four = status_mb(server.pid, "VmHWM")
             times: dict[tuple, list[float]] = {(size, i): [] for size in SIZES for i in range(len(QUERIES))}
             for _ in range(args.rounds):
                 for size in SIZES:
                     for i, query in enumerate(QUERIES):
                         times[(size, i)].append(post(connection, images[size], query))
-            after_all = rss_mb(server.pid, "VmRSS")
+            after_all = status_mb(server.pid, "VmRSS")
         finally:
             connection.close()
             server.terminate()

@@ -38,7 +38,7 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     }
 
 
-def status_kb(pid: int, field: str) -> float:
+def status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
@@ -257,7 +257,7 @@ def post_image(url: str, data: bytes, content_type: str = "image/png") -> httpx.
 def test_uploads_that_cost_far_more_than_their_bytes(server: Server) -> None:
     pid = server.process.pid
     assert post_image(server.url, make_image(0)).status_code == 200
-    idle = status_kb(pid, "VmRSS")
+    idle = status_mb(pid, "VmRSS")
     rows = {
         "PNG 16,000,000 x 2": encode(Image.new("L", (16_000_000, 2), 90), "PNG"),
         "16-bit greyscale PNG 6000 x 6000": encode(Image.fromarray(blocks(np.uint16)), "PNG"),
@@ -269,7 +269,7 @@ def test_uploads_that_cost_far_more_than_their_bytes(server: Server) -> None:
         reset_peak(pid)
         response = post_image(server.url, data)
         assert response.status_code == 200, f"{name}: {response.text}"
-        growth[name] = status_kb(pid, "VmHWM") - idle
+        growth[name] = status_mb(pid, "VmHWM") - idle
     # Before: +1.65 GB, +0.95 GB, +1.0 GB, +0.42 GB.
     assert max(growth.values()) <= 400, growth
 
@@ -284,9 +284,9 @@ def test_uploads_that_cost_far_more_than_their_bytes(server: Server) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    four = status_kb(pid, "VmHWM")
+    four = status_mb(pid, "VmHWM")
     assert four <= 1200, f"four at once: peak {four:.0f} MB (idle {idle:.0f} MB)"  # before: 2.5 GB for two
-    wait_for(lambda: status_kb(pid, "VmRSS") <= idle + 150, timeout_s=30)  # before: stayed near 2 GB
+    wait_for(lambda: status_mb(pid, "VmRSS") <= idle + 150, timeout_s=30)  # before: stayed near 2 GB
 
 
 @pytest.mark.system
